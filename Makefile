@@ -1,0 +1,44 @@
+# readme-jax: `make demo` and `make test` set everything up on first use (Python 3.11 venv, pinned CPU
+# stack, the default model and the offline domain corpora), then run.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-all bench model corpora clean
+
+setup: $(STAMP) model corpora
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (readme-jax's CPU stack is pinned for Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test,parity]'
+	touch $(STAMP)
+
+model: $(STAMP)
+	$(PY) -m readme_jax.assets
+
+corpora: $(STAMP)
+	$(PY) -m readme_jax.data.fetch
+
+demo: setup
+	$(PY) -m readme_jax.cli generate --model default --chat --max-new-tokens 48 \
+	  --prompt "In two sentences, what is a mixture-of-experts language model?"
+
+# The default suite: everything but GPU-only and slow tests; real-model tests run when the model is present.
+test: setup
+	$(PY) -m pytest -q -n 2 -m "not gpu and not slow"
+
+test-all: setup
+	$(PY) -m pytest -q -n 2
+
+bench: setup
+	$(PY) -m readme_jax.cli bench generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

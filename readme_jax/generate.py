@@ -1,0 +1,93 @@
+"""Batched generation on top of the jitted ``prefill`` / ``decode`` of ``readme_jax.functional``.
+
+Shapes are bucketed so that new prompt lengths, token budgets and batch sizes reuse compiled code:
+batch -> next power of two, prompt length P and new-token budget M -> next bucket of ``BUCKETS``.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from readme_jax import functional
+from readme_jax.errors import ReadmeJaxError
+
+BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def bucket(n: int, limit: int | None = None) -> int:
+    size = next((b for b in BUCKETS if b >= n), n)
+    return min(size, limit) if limit else size
+
+
+def batch_bucket(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ReadmeJaxError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ReadmeJaxError(f"temperature={self.temperature} must be >= 0")
+        if self.top_k is not None and self.top_k < 0:
+            raise ReadmeJaxError(f"top_k={self.top_k} must be >= 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ReadmeJaxError(f"top_p={self.top_p} must be in (0, 1]")
+
+
+def left_pad(prompts: list[list[int]], width: int, batch: int, pad_id: int):
+    """tokens [batch, width] with each prompt right-aligned, and its validity mask."""
+    tokens = np.full((batch, width), pad_id, np.int32)
+    valid = np.zeros((batch, width), bool)
+    for i, ids in enumerate(prompts):
+        if ids:
+            tokens[i, width - len(ids):] = ids
+            valid[i, width - len(ids):] = True
+    return tokens, valid
+
+
+def generate_ids(graphdef, state, cfg, prompts: list[list[int]], params: SamplingParams,
+                 eos_ids=(), pad_id: int = 0, timings: dict | None = None) -> list[list[int]]:
+    """Generated ids per prompt (EOS included when reached). ``timings`` receives prefill/decode seconds."""
+    import time
+
+    if not prompts:
+        return []
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise ReadmeJaxError(f"prompt {i} is empty: at least one token is needed")
+        if len(ids) + params.max_new_tokens > cfg.max_seq_len:
+            raise ReadmeJaxError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} "
+                                 f"that exceeds the model context of {cfg.max_seq_len} tokens")
+        if min(ids) < 0 or max(ids) >= cfg.vocab_size:
+            raise ReadmeJaxError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
+    B = batch_bucket(len(prompts))
+    P = bucket(max(len(p) for p in prompts))
+    M = bucket(params.max_new_tokens)
+    tokens, valid = left_pad(prompts, P, B, pad_id)
+    done = np.arange(B) >= len(prompts)  # batch-padding rows never generate
+    sampling = (jnp.float32(params.temperature), jnp.int32(params.top_k or 0), jnp.float32(params.top_p or 1.0))
+    t0 = time.perf_counter()
+    logits, cache, kv_valid, lengths = functional.prefill(graphdef, state, tokens, valid, P + M)
+    if timings is not None:
+        logits.block_until_ready()
+        t1 = time.perf_counter()
+    out, counts = functional.decode(graphdef, state, logits, cache, kv_valid, lengths,
+                                    jax.random.key(params.seed), sampling, jnp.int32(params.max_new_tokens),
+                                    M, params.temperature == 0.0, jnp.asarray(eos_ids or (), jnp.int32),
+                                    jnp.asarray(done))
+    out, counts = np.asarray(out), np.asarray(counts)
+    if timings is not None:
+        timings["prefill_s"] = t1 - t0
+        timings["decode_s"] = time.perf_counter() - t1
+        timings["new_tokens"] = int(counts[: len(prompts)].sum())
+    return [out[i, : counts[i]].tolist() for i in range(len(prompts))]

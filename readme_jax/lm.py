@@ -1,0 +1,109 @@
+"""The public entry point: ``lm = readme_jax.load(spec)``.
+
+``spec`` is ``"default"`` (the embedded SmolLM2-135M-Instruct GGUF), a ``.gguf`` path, or an HF
+checkpoint folder (config.json + safetensors, single or sharded, + tokenizer.json).
+"""
+
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from readme_jax import functional, weights
+from readme_jax.config import LlamaConfig
+from readme_jax.errors import ReadmeJaxError
+from readme_jax.generate import SamplingParams, generate_ids
+
+
+class LM:
+    """A loaded model: tokenizer, config and the functional (graphdef, state) pair."""
+
+    def __init__(self, model, tokenizer, source: str = ""):
+        self.cfg: LlamaConfig = model.cfg
+        self.graphdef, self.state = nnx.split(model)
+        self.tokenizer = tokenizer
+        self.source = source
+
+    @property
+    def model(self):
+        return nnx.merge(self.graphdef, self.state)
+
+    def logits(self, ids_BT) -> np.ndarray:
+        """Full causal forward (no padding): logits [B, T, V] as float32 numpy."""
+        ids = np.asarray(ids_BT)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ReadmeJaxError(f"ids must have shape [B, T] with T >= 1, got {ids.shape}")
+        if ids.shape[1] > self.cfg.max_seq_len:
+            raise ReadmeJaxError(f"{ids.shape[1]} tokens exceed the model context of {self.cfg.max_seq_len}")
+        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise ReadmeJaxError(f"token ids must be in [0, {self.cfg.vocab_size})")
+        return np.asarray(functional.forward(self.graphdef, self.state, jnp.asarray(ids, jnp.int32)), np.float32)
+
+    def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
+        text = self.tokenizer.apply_chat(prompt) if chat else prompt
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def generate(self, prompt_or_prompts, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0, chat: bool = False,
+                 timings: dict | None = None):
+        """Continuation text for one prompt (str) or a list of prompts (list[str]); greedy at temperature 0."""
+        single = isinstance(prompt_or_prompts, str)
+        prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ReadmeJaxError("generate takes a prompt string or a list of prompt strings")
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed)
+        ids = self.generate_ids([self.encode_prompt(p, chat) for p in prompts], params, timings)
+        eos = set(self.eos_ids)
+        texts = [self.tokenizer.decode([t for t in seq if t not in eos]) for seq in ids]
+        return texts[0] if single else texts
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.tokenizer.eos_ids + self.cfg.eos_ids))
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, timings: dict | None = None):
+        return generate_ids(self.graphdef, self.state, self.cfg, prompts, params, eos_ids=self.eos_ids,
+                            pad_id=self.tokenizer.pad_id, timings=timings)
+
+    def save_pretrained(self, folder):
+        """Write an HF Llama folder (config.json, model.safetensors, tokenizer) atomically."""
+        from readme_jax.hf_import import save_hf
+
+        pure = jax_to_numpy(nnx.to_pure_dict(self.state))
+        return save_hf(folder, self.cfg, weights.pure_to_hf(self.cfg, pure), tokenizer=self.tokenizer)
+
+
+def jax_to_numpy(tree):
+    return {k: jax_to_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
+
+
+def load(spec: str = "default", dtype: str = "float32", verbose: bool = False) -> LM:
+    """Load a model: ``"default"``, a ``.gguf`` file, or an HF checkpoint folder."""
+    from readme_jax import gguf_import, hf_import, tokenizer as tok
+
+    t0 = time.perf_counter()
+    if spec == "default":
+        from readme_jax.assets import require_default_model
+
+        path = require_default_model()
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ReadmeJaxError(f"{spec}: no such file or folder (expected 'default', a .gguf file or an "
+                                 "HF checkpoint folder)")
+    if path.is_file():
+        gf, cfg, get, has = gguf_import.load_gguf(path, dtype=dtype)
+        tokenizer = tok.from_gguf(gf)
+    elif hf_import.is_hf_folder(path):
+        cfg, get, has = hf_import.load_hf(path, dtype=dtype)
+        tokenizer = tok.from_folder(path, eos_ids=cfg.eos_ids, bos_id=cfg.bos_id)
+    else:
+        raise ReadmeJaxError(f"{path}: not a checkpoint (a folder needs config.json; a file must be .gguf)")
+    model = weights.build_model(cfg, weights.hf_to_pure(cfg, get, has))
+    if verbose:
+        print(f"loaded {path} ({cfg.num_params() / 1e6:.1f}M params, {dtype}) in {time.perf_counter() - t0:.1f}s")
+    return LM(model, tokenizer, source=str(path))

@@ -1,0 +1,152 @@
+"""Dense Llama decoder as Flax NNX modules, used functionally.
+
+Parameters live per layer in ``Block`` modules (no stacking across layers: the unrolled layer loop
+lets XLA update each layer's KV cache in place during decoding). The KV cache is an explicit pytree,
+a tuple over layers of ``(k_BGSK, v_BGSK)``, passed in and returned, so jitted entry points stay pure
+functions of ``(graphdef, state, inputs)`` (see ``readme_jax.functional``).
+
+A block's MLP is a method taking an opaque ``route`` argument (``None`` for the dense model), so
+the Read-ME MoE block only overrides ``mlp``.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from readme_jax import layers
+from readme_jax.config import LlamaConfig
+
+# Logical sharding axes of every parameter, by attribute name (used by the training mesh rules).
+LOGICAL_AXES = {
+    "embed_VD": ("vocab", "embed"),
+    "w_head_DV": ("embed", "vocab"),
+    "final_norm_D": ("embed",),
+    "attn_norm_D": ("embed",),
+    "mlp_norm_D": ("embed",),
+    "w_q_DHK": ("embed", "heads", "head_dim"),
+    "w_k_DGK": ("embed", "kv_heads", "head_dim"),
+    "w_v_DGK": ("embed", "kv_heads", "head_dim"),
+    "w_o_HKD": ("heads", "head_dim", "embed"),
+    "w_gate_DF": ("embed", "mlp"),
+    "w_up_DF": ("embed", "mlp"),
+    "w_down_FD": ("mlp", "embed"),
+}
+
+
+def _param(rngs: nnx.Rngs, shape, dtype, std: float = 0.02):
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32).astype(dtype))
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        D, H, G, K, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+        dt = jnp.dtype(cfg.dtype)
+        self.cfg = cfg
+        self.attn_norm_D = nnx.Param(jnp.ones((D,), dt))
+        self.w_q_DHK = _param(rngs, (D, H, K), dt)
+        self.w_k_DGK = _param(rngs, (D, G, K), dt)
+        self.w_v_DGK = _param(rngs, (D, G, K), dt)
+        self.w_o_HKD = _param(rngs, (H, K, D), dt)
+        self.mlp_norm_D = nnx.Param(jnp.ones((D,), dt))
+        self.w_gate_DF = _param(rngs, (D, F), dt)
+        self.w_up_DF = _param(rngs, (D, F), dt)
+        self.w_down_FD = _param(rngs, (F, D), dt)
+
+    def mlp_hidden(self, h_BLD):
+        """The SwiGLU intermediate act(gate(h)) * up(h): the input of down_proj, Read-ME's neuron space."""
+        gate_BLF = jnp.einsum("BLD,DF->BLF", h_BLD, self.w_gate_DF[...])
+        up_BLF = jnp.einsum("BLD,DF->BLF", h_BLD, self.w_up_DF[...])
+        return jax.nn.silu(gate_BLF) * up_BLF
+
+    def mlp(self, h_BLD, route):
+        del route  # the dense MLP uses every neuron
+        return jnp.einsum("BLF,FD->BLD", self.mlp_hidden(h_BLD), self.w_down_FD[...])
+
+    def attend(self, h_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index):
+        """Self-attention; with a cache, the new keys/values are written at ``write_index`` first."""
+        q_BLHK = layers.apply_rope(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_q_DHK[...]), cos_BLK, sin_BLK)
+        k_BLGK = layers.apply_rope(jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_k_DGK[...]), cos_BLK, sin_BLK)
+        v_BLGK = jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_v_DGK[...])
+        k_BGLK, v_BGLK = k_BLGK.transpose(0, 2, 1, 3), v_BLGK.transpose(0, 2, 1, 3)
+        if kv is None:
+            k_BGSK, v_BGSK, new_kv = k_BGLK, v_BGLK, None
+        else:
+            at = (0, 0, write_index, 0)
+            k_BGSK = jax.lax.dynamic_update_slice(kv[0], k_BGLK.astype(kv[0].dtype), at)
+            v_BGSK = jax.lax.dynamic_update_slice(kv[1], v_BGLK.astype(kv[1].dtype), at)
+            new_kv = (k_BGSK, v_BGSK)
+        out_BLHK = layers.attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, self.cfg.head_dim ** -0.5)
+        return jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.w_o_HKD[...]), new_kv
+
+    def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_BLS, kv=None, write_index=0, route=None):
+        eps = self.cfg.rms_eps
+        attn_BLD, new_kv = self.attend(layers.rms_norm(x_BLD, self.attn_norm_D[...], eps),
+                                       cos_BLK, sin_BLK, mask_BLS, kv, write_index)
+        x_BLD = x_BLD + attn_BLD
+        x_BLD = x_BLD + self.mlp(layers.rms_norm(x_BLD, self.mlp_norm_D[...], eps), route)
+        return x_BLD, new_kv
+
+
+class Llama(nnx.Module):
+    """Token embedding, N blocks, final RMSNorm and the (possibly tied) LM head."""
+
+    block_cls = Block
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        dt = jnp.dtype(cfg.dtype)
+        self.cfg = cfg
+        self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), dt)
+        self.blocks = nnx.List([self.block_cls(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm_D = nnx.Param(jnp.ones((cfg.d_model,), dt))
+        if not cfg.tie_embeddings:
+            self.w_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), dt)
+
+    def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None):
+        """Final-norm hidden states [B, L, D] and the updated cache.
+
+        Without a cache, ``kv_valid_BS`` has S == L and marks real (non-pad) tokens. With a cache,
+        it covers all S cache slots and must already mark the L slots being written. ``x_BLD``
+        replaces the token embeddings when given (gradient-based tests feed embeddings directly).
+        """
+        L = tokens_BL.shape[1]
+        if x_BLD is None:
+            x_BLD = self.embed_VD[...][tokens_BL]
+        cos_BLK, sin_BLK = layers.rope_cos_sin(pos_BL, layers.config_inv_freq(self.cfg))
+        mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
+        new_cache = []
+        for n, block in enumerate(self.blocks):
+            kv = None if cache is None else cache[n]
+            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route)
+            new_cache.append(kv)
+        x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
+        return x_BLD, (None if cache is None else tuple(new_cache))
+
+    def head(self, x_BLD):
+        """Logits in fp32."""
+        if self.cfg.tie_embeddings:
+            return jnp.einsum("BLD,VD->BLV", x_BLD, self.embed_VD[...], preferred_element_type=jnp.float32)
+        return jnp.einsum("BLD,DV->BLV", x_BLD, self.w_head_DV[...], preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens_BL, pos_BL=None, kv_valid_BS=None, route=None):
+        """Full causal forward without a cache: logits [B, L, V]."""
+        B, L = tokens_BL.shape
+        if pos_BL is None:
+            pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+        if kv_valid_BS is None:
+            kv_valid_BS = jnp.ones((B, L), bool)
+        x_BLD, _ = self.hidden(tokens_BL, pos_BL, kv_valid_BS, route=route)
+        return self.head(x_BLD)
+
+
+def init_cache(cfg: LlamaConfig, batch: int, length: int, dtype=None):
+    """An all-zero KV cache: a tuple over layers of (k_BGSK, v_BGSK)."""
+    dt = jnp.dtype(dtype or cfg.dtype)
+    shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
+    return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers))
+
+
+def abstract_model(cfg: LlamaConfig, model_cls=Llama):
+    """(graphdef, abstract state) without allocating or initialising any weight."""
+    return nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))

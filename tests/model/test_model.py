@@ -1,0 +1,131 @@
+"""Invariants of the dense model on a tiny random config."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from readme_jax import functional, layers
+from readme_jax.model import init_cache
+from tests.helpers import tiny_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def test_causality_by_gradient(model):
+    """d logits[t] / d x[s] is exactly zero for every s > t."""
+    cfg = model.cfg
+    L, t = 8, 3
+    x_1LD = jax.random.normal(jax.random.key(1), (1, L, cfg.d_model))
+    pos = jnp.arange(L)[None]
+
+    def logit_sum_at_t(x):
+        h, _ = model.hidden(jnp.zeros((1, L), jnp.int32), pos, jnp.ones((1, L), bool), x_BLD=x)
+        return model.head(h)[0, t].sum()
+
+    grad_LD = jax.jit(jax.grad(logit_sum_at_t))(x_1LD)[0]
+    assert np.all(np.asarray(grad_LD[t + 1:]) == 0.0)
+    assert np.all(np.abs(np.asarray(grad_LD[: t + 1])).sum(-1) > 0)
+
+
+def test_cached_decode_equals_full_forward(model):
+    """Prefill a prefix into the cache, then feed one token at a time: same logits as one forward."""
+    cfg = model.cfg
+    tokens = jax.random.randint(jax.random.key(2), (2, 12), 4, cfg.vocab_size)
+    full = np.asarray(model(tokens))
+    P, S = 5, 16
+    cache = init_cache(cfg, 2, S)
+    kv_valid = jnp.zeros((2, S), bool).at[:, :P].set(True)
+    pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, tok, pos, kv_valid, cache, write_index):
+        m = nnx.merge(graphdef, state)
+        h, cache = m.hidden(tok, pos, kv_valid, cache, write_index)
+        return m.head(h), cache
+
+    logits, cache = step(state, tokens[:, :P], pos[:, :P], kv_valid, cache, 0)
+    np.testing.assert_allclose(np.asarray(logits), full[:, :P], atol=1e-5, rtol=1e-5)
+    for t in range(P, 12):  # write_index is traced: one compile for all decode steps
+        kv_valid = kv_valid.at[:, t].set(True)
+        logits, cache = step(state, tokens[:, t:t + 1], pos[:, t:t + 1], kv_valid, cache, t)
+        np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_alone_equals_prompt_in_padded_batch(model):
+    graphdef, state = nnx.split(model)
+    short = [5, 9, 11, 20]
+    long = list(range(30, 43))
+    P = 16
+    tok_a, val_a = np.zeros((1, P), np.int32), np.zeros((1, P), bool)
+    tok_a[0, P - 4:], val_a[0, P - 4:] = short, True
+    tok_b, val_b = np.zeros((2, P), np.int32), np.zeros((2, P), bool)
+    tok_b[0, P - 4:], val_b[0, P - 4:] = short, True
+    tok_b[1, P - 13:], val_b[1, P - 13:] = long, True
+    alone, *_ = functional.prefill(graphdef, state, tok_a, val_a, 32)
+    batch, *_ = functional.prefill(graphdef, state, tok_b, val_b, 32)
+    np.testing.assert_allclose(np.asarray(alone[0]), np.asarray(batch[0]), atol=1e-5, rtol=1e-5)
+    # and the unpadded full forward agrees with the left-padded prefill
+    full = np.asarray(model(jnp.asarray([short])))[0, -1]
+    np.testing.assert_allclose(np.asarray(alone[0]), full, atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_equals_repeated_kv_heads():
+    """GQA attention == multi-head attention with each KV head repeated Q times."""
+    B, L, H, G, K = 2, 5, 4, 2, 8
+    keys = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(keys[0], (B, L, H, K))
+    k = jax.random.normal(keys[1], (B, G, L, K))
+    v = jax.random.normal(keys[2], (B, G, L, K))
+    mask = layers.causal_mask(jnp.arange(L), jnp.ones((B, L), bool))
+    out = layers.attention(q, k, v, mask, K ** -0.5)
+    k_rep, v_rep = jnp.repeat(k, H // G, axis=1), jnp.repeat(v, H // G, axis=1)
+    scores = jnp.einsum("BLHK,BHSK->BHLS", q, k_rep) * K ** -0.5
+    scores = jnp.where(mask[:, None], scores, -jnp.inf)
+    ref = jnp.einsum("BHLS,BHSK->BLHK", jax.nn.softmax(scores, -1), v_rep)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+def test_rope_matches_complex_rotation():
+    """Rotate-half RoPE == multiplying (x_i, x_{i+K/2}) pairs by e^{i * pos * freq}."""
+    K = 8
+    x = jax.random.normal(jax.random.key(4), (1, 3, 1, K))
+    pos = jnp.array([[0, 1, 7]])
+    inv = layers.rope_inv_freq(K, 10000.0)
+    cos, sin = layers.rope_cos_sin(pos, inv)
+    out = np.asarray(layers.apply_rope(x, cos, sin))
+    z = np.asarray(x[..., : K // 2]) + 1j * np.asarray(x[..., K // 2:])
+    z = z * np.exp(1j * np.asarray(pos)[..., None, None] * np.asarray(inv))
+    np.testing.assert_allclose(out, np.concatenate([z.real, z.imag], -1), atol=1e-5)
+
+
+def test_llama3_rope_scaling_keeps_high_frequencies():
+    inv = np.asarray(layers.rope_inv_freq(64, 500000.0))
+    scaled = np.asarray(layers.rope_inv_freq(64, 500000.0, "llama3", 8.0, 1.0, 4.0, 8192))
+    assert scaled[0] == pytest.approx(inv[0])  # shortest wavelength untouched
+    assert scaled[-1] == pytest.approx(inv[-1] / 8.0)  # longest slowed by the factor
+
+
+def test_bf16_parameters_run_and_track_fp32(model):
+    cfg = model.cfg.replace(dtype="bfloat16")
+    graphdef, state = nnx.split(model)
+    bf16_state = jax.tree.map(lambda a: a.astype(jnp.bfloat16), state)
+    tokens = jnp.asarray([[5, 6, 7, 8, 9]])
+    ref = np.asarray(model(tokens))
+    m16 = nnx.merge(graphdef, bf16_state)
+    object.__setattr__(m16, "cfg", cfg)
+    out = np.asarray(m16(tokens))
+    assert out.dtype == np.float32
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() + 0.05
+
+
+def test_tied_embeddings_use_embedding_as_head():
+    m = tiny_model(tiny_config(tie_embeddings=True))
+    assert not hasattr(m, "w_head_DV")
+    h = jax.random.normal(jax.random.key(5), (1, 2, m.cfg.d_model))
+    np.testing.assert_allclose(np.asarray(m.head(h)), np.asarray(h @ m.embed_VD[...].T), atol=1e-5)

@@ -1,0 +1,1 @@
+"""Training entry points: router distillation and alternating router/expert tuning."""
