@@ -26,9 +26,16 @@ model: $(STAMP)
 corpora: $(STAMP)
 	$(PY) -m readme_jax.data.fetch
 
+DEMO_DIR ?= out/demo
+
+# The Read-ME pipeline on the default model: profile -> refactor -> eval -> analyze (see README).
 demo: setup
-	$(PY) -m readme_jax.cli generate --model default --chat --max-new-tokens 48 \
+	$(PY) -m readme_jax.cli generate --model default --chat --max-new-tokens 40 \
 	  --prompt "In two sentences, what is a mixture-of-experts language model?"
+	$(PY) -m readme_jax.cli profile --workdir $(DEMO_DIR)
+	$(PY) -m readme_jax.cli refactor --workdir $(DEMO_DIR)
+	$(PY) -m readme_jax.cli eval --workdir $(DEMO_DIR)
+	$(PY) -m readme_jax.cli analyze --workdir $(DEMO_DIR)
 
 # The default suite: everything but GPU-only and slow tests; real-model tests run when the model is present.
 test: setup

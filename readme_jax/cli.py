@@ -15,6 +15,7 @@ from readme_jax.errors import ReadmeJaxError
 # Modules that contribute sub-commands, in help order.
 COMMAND_MODULES = (
     "readme_jax.commands.generate",
+    "readme_jax.commands.pipeline",
     "readme_jax.commands.bench",
     "serve.cli",
 )

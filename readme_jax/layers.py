@@ -79,6 +79,19 @@ def attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float):
     return out_BLGQK.reshape(B, L, H, K)
 
 
+def write_kv(kv, k_BGLK, v_BGLK, write_index):
+    """Keys/values to attend over, and the new cache: the L new entries written at ``write_index``.
+
+    Without a cache (``kv is None``) the new keys/values are all there is and no cache is returned.
+    """
+    if kv is None:
+        return k_BGLK, v_BGLK, None
+    at = (0, 0, write_index, 0)
+    k_BGSK = jax.lax.dynamic_update_slice(kv[0], k_BGLK.astype(kv[0].dtype), at)
+    v_BGSK = jax.lax.dynamic_update_slice(kv[1], v_BGLK.astype(kv[1].dtype), at)
+    return k_BGSK, v_BGSK, (k_BGSK, v_BGSK)
+
+
 def causal_mask(q_slot_L, kv_valid_BS):
     """Query at cache slot q may see key slot s when s <= q and slot s holds a real token."""
     S = kv_valid_BS.shape[-1]

@@ -77,13 +77,46 @@ class LM:
         return save_hf(folder, self.cfg, weights.pure_to_hf(self.cfg, pure), tokenizer=self.tokenizer)
 
 
+class MoELM(LM):
+    """A Read-ME MoE: ``logits`` takes the expert ids [B, T] (one expert per token, every layer)."""
+
+    def __init__(self, model, tokenizer, source: str = "", masks_NEF=None):
+        super().__init__(model, tokenizer, source)
+        self.masks_NEF = masks_NEF
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return self.cfg.domains
+
+    def logits(self, ids_BT, expert_ids_BT=None) -> np.ndarray:
+        ids = np.atleast_2d(np.asarray(ids_BT))
+        if expert_ids_BT is None:
+            raise ReadmeJaxError("a MoE model needs expert ids [B, T] for each token (expert_ids_BT=...)")
+        experts = np.broadcast_to(np.asarray(expert_ids_BT), ids.shape)
+        if experts.min() < 0 or experts.max() >= self.cfg.n_experts:
+            raise ReadmeJaxError(f"expert ids must be in [0, {self.cfg.n_experts}), got "
+                                 f"{int(experts.min())}..{int(experts.max())}")
+        return np.asarray(functional.forward(self.graphdef, self.state, jnp.asarray(ids, jnp.int32),
+                                             jnp.asarray(experts, jnp.int32)), np.float32)
+
+    def generate_ids(self, prompts, params, timings=None):
+        raise ReadmeJaxError("generation with the MoE needs a trained router (see the training issue); "
+                             "use logits(ids, expert_ids) meanwhile")
+
+    def save_pretrained(self, folder):
+        raise ReadmeJaxError("save a MoE with `readme-jax refactor` (readme_jax.moe_io.save_moe)")
+
+
 def jax_to_numpy(tree):
     return {k: jax_to_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
 
 
-def load(spec: str = "default", dtype: str = "float32", verbose: bool = False) -> LM:
-    """Load a model: ``"default"``, a ``.gguf`` file, or an HF checkpoint folder."""
-    from readme_jax import gguf_import, hf_import, tokenizer as tok
+def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, form: str = "masked") -> LM:
+    """Load a model: ``"default"``, a ``.gguf`` file, an HF checkpoint folder, or a Read-ME MoE folder.
+
+    ``form`` picks the MoE representation ("masked" or "sliced") when the folder holds a MoE.
+    """
+    from readme_jax import gguf_import, hf_import, moe_io, tokenizer as tok
 
     t0 = time.perf_counter()
     if spec == "default":
@@ -95,6 +128,9 @@ def load(spec: str = "default", dtype: str = "float32", verbose: bool = False) -
         if not path.exists():
             raise ReadmeJaxError(f"{spec}: no such file or folder (expected 'default', a .gguf file or an "
                                  "HF checkpoint folder)")
+    if path.is_dir() and moe_io.is_moe_folder(path):
+        model, tokenizer, masks_NEF = moe_io.load_moe(path, dtype=dtype, form=form)
+        return MoELM(model, tokenizer, source=str(path), masks_NEF=masks_NEF)
     if path.is_file():
         gf, cfg, get, has = gguf_import.load_gguf(path, dtype=dtype)
         tokenizer = tok.from_gguf(gf)

@@ -6,7 +6,9 @@ a tuple over layers of ``(k_BGSK, v_BGSK)``, passed in and returned, so jitted e
 functions of ``(graphdef, state, inputs)`` (see ``readme_jax.functional``).
 
 A block's MLP is a method taking an opaque ``route`` argument (``None`` for the dense model), so
-the Read-ME MoE block only overrides ``mlp``.
+the Read-ME MoE block only overrides ``mlp``. An optional ``probe`` callable sees every layer's MLP
+intermediate (the down_proj input) inside the traced forward; activation profiling and oracle routing
+use it to reduce those activations on device without materialising them for all layers.
 """
 
 import jax
@@ -41,7 +43,7 @@ class Block(nnx.Module):
     """Pre-norm decoder block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-        D, H, G, K, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+        D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         dt = jnp.dtype(cfg.dtype)
         self.cfg = cfg
         self.attn_norm_D = nnx.Param(jnp.ones((D,), dt))
@@ -50,6 +52,10 @@ class Block(nnx.Module):
         self.w_v_DGK = _param(rngs, (D, G, K), dt)
         self.w_o_HKD = _param(rngs, (H, K, D), dt)
         self.mlp_norm_D = nnx.Param(jnp.ones((D,), dt))
+        self.init_mlp(cfg, rngs)
+
+    def init_mlp(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        D, F, dt = cfg.d_model, cfg.d_ff, jnp.dtype(cfg.dtype)
         self.w_gate_DF = _param(rngs, (D, F), dt)
         self.w_up_DF = _param(rngs, (D, F), dt)
         self.w_down_FD = _param(rngs, (F, D), dt)
@@ -60,9 +66,12 @@ class Block(nnx.Module):
         up_BLF = jnp.einsum("BLD,DF->BLF", h_BLD, self.w_up_DF[...])
         return jax.nn.silu(gate_BLF) * up_BLF
 
-    def mlp(self, h_BLD, route):
+    def mlp(self, h_BLD, route, probe=None):
         del route  # the dense MLP uses every neuron
-        return jnp.einsum("BLF,FD->BLD", self.mlp_hidden(h_BLD), self.w_down_FD[...])
+        hidden_BLF = self.mlp_hidden(h_BLD)
+        if probe is not None:
+            probe(hidden_BLF)
+        return jnp.einsum("BLF,FD->BLD", hidden_BLF, self.w_down_FD[...])
 
     def attend(self, h_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index):
         """Self-attention; with a cache, the new keys/values are written at ``write_index`` first."""
@@ -70,22 +79,16 @@ class Block(nnx.Module):
         k_BLGK = layers.apply_rope(jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_k_DGK[...]), cos_BLK, sin_BLK)
         v_BLGK = jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_v_DGK[...])
         k_BGLK, v_BGLK = k_BLGK.transpose(0, 2, 1, 3), v_BLGK.transpose(0, 2, 1, 3)
-        if kv is None:
-            k_BGSK, v_BGSK, new_kv = k_BGLK, v_BGLK, None
-        else:
-            at = (0, 0, write_index, 0)
-            k_BGSK = jax.lax.dynamic_update_slice(kv[0], k_BGLK.astype(kv[0].dtype), at)
-            v_BGSK = jax.lax.dynamic_update_slice(kv[1], v_BGLK.astype(kv[1].dtype), at)
-            new_kv = (k_BGSK, v_BGSK)
+        k_BGSK, v_BGSK, new_kv = layers.write_kv(kv, k_BGLK, v_BGLK, write_index)
         out_BLHK = layers.attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, self.cfg.head_dim ** -0.5)
         return jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.w_o_HKD[...]), new_kv
 
-    def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_BLS, kv=None, write_index=0, route=None):
+    def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_BLS, kv=None, write_index=0, route=None, probe=None):
         eps = self.cfg.rms_eps
         attn_BLD, new_kv = self.attend(layers.rms_norm(x_BLD, self.attn_norm_D[...], eps),
                                        cos_BLK, sin_BLK, mask_BLS, kv, write_index)
         x_BLD = x_BLD + attn_BLD
-        x_BLD = x_BLD + self.mlp(layers.rms_norm(x_BLD, self.mlp_norm_D[...], eps), route)
+        x_BLD = x_BLD + self.mlp(layers.rms_norm(x_BLD, self.mlp_norm_D[...], eps), route, probe)
         return x_BLD, new_kv
 
 
@@ -103,7 +106,12 @@ class Llama(nnx.Module):
         if not cfg.tie_embeddings:
             self.w_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), dt)
 
-    def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None):
+    def prepare_route(self, route):
+        """Hook for models whose per-token route needs one-off preprocessing per forward."""
+        return route
+
+    def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None,
+               probe=None):
         """Final-norm hidden states [B, L, D] and the updated cache.
 
         Without a cache, ``kv_valid_BS`` has S == L and marks real (non-pad) tokens. With a cache,
@@ -115,10 +123,11 @@ class Llama(nnx.Module):
             x_BLD = self.embed_VD[...][tokens_BL]
         cos_BLK, sin_BLK = layers.rope_cos_sin(pos_BL, layers.config_inv_freq(self.cfg))
         mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
+        route = self.prepare_route(route)
         new_cache = []
         for n, block in enumerate(self.blocks):
             kv = None if cache is None else cache[n]
-            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route)
+            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route, probe)
             new_cache.append(kv)
         x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
         return x_BLD, (None if cache is None else tuple(new_cache))

@@ -1,0 +1,105 @@
+"""Trace-time validation shared by every implementation, and the two error types.
+
+Shapes and dtypes are always static under jit, so every mismatch is reported while tracing. Group sizes
+and expert ids are data: they are checked at trace time when they are concrete (numpy or an eager jax
+array) and, when traced, by a runtime check (``runtime_check``) that raises on the host before a wrong
+result can be used.
+"""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from readme_jax.errors import ReadmeJaxError
+
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+class GmmInputError(ReadmeJaxError, ValueError):
+    """Bad input to a grouped-matmul op (shape, dtype, group sizes, expert ids)."""
+
+
+class ImplementationUnavailableError(ReadmeJaxError, RuntimeError):
+    """A named implementation cannot run here (wrong backend, missing module, unsupported shape)."""
+
+
+def concrete_or_none(a):
+    """The value of ``a`` as numpy when it is known at trace time, else None."""
+    try:
+        return np.asarray(a)
+    except Exception:  # a tracer (jit, grad, vmap) refuses conversion: its value is unknown until run time
+        return None
+
+
+def _raise_if_false(ok, message):
+    if not bool(ok):
+        raise GmmInputError(message)
+
+
+def runtime_check(ok, message: str) -> None:
+    """Raise GmmInputError(message) on the host when the traced boolean ``ok`` is False."""
+    jax.debug.callback(lambda v: _raise_if_false(v, message), ok)
+
+
+def check_dtype(name: str, a, dtype=None) -> None:
+    """``a`` must be fp32 or bf16 and, when given, equal to ``dtype``."""
+    if jnp.dtype(a.dtype) not in SUPPORTED_DTYPES:
+        raise GmmInputError(f"{name} has dtype {a.dtype}; supported: float32, bfloat16")
+    if dtype is not None and jnp.dtype(a.dtype) != jnp.dtype(dtype):
+        raise GmmInputError(f"{name} has dtype {a.dtype} but the tokens have dtype {dtype}; cast one of them")
+
+
+def check_rank(name: str, a, rank: int, letters: str) -> None:
+    if a.ndim != rank:
+        raise GmmInputError(f"{name} must have shape [{', '.join(letters)}], got shape {tuple(a.shape)}")
+
+
+def check_tokens(x, meta, name: str = "x_TD") -> None:
+    """Tokens are [T, K] with T equal to the metadata's token count."""
+    check_rank(name, x, 2, "TD")
+    check_dtype(name, x)
+    if x.shape[0] != meta.num_tokens:
+        raise GmmInputError(
+            f"{name} has {x.shape[0]} rows but the group metadata was built for {meta.num_tokens} tokens"
+        )
+
+
+def check_gmm_args(x_TD, w_EDX, meta, *, transpose_rhs: bool = False) -> None:
+    """x[T, K] @ w[E, K, N] (or w[E, N, K] transposed) by group."""
+    check_tokens(x_TD, meta)
+    check_rank("w_EDX", w_EDX, 3, "EDX")
+    check_dtype("w_EDX", w_EDX, x_TD.dtype)
+    if w_EDX.shape[0] != meta.num_experts:
+        raise GmmInputError(
+            f"w_EDX has {w_EDX.shape[0]} experts but the group metadata has {meta.num_experts}"
+        )
+    k = w_EDX.shape[2] if transpose_rhs else w_EDX.shape[1]
+    if x_TD.shape[1] != k:
+        raise GmmInputError(
+            f"x_TD has width {x_TD.shape[1]} but w_EDX{' (transposed)' if transpose_rhs else ''} "
+            f"expects {k} (w_EDX shape {tuple(w_EDX.shape)})"
+        )
+
+
+def check_tgmm_args(x_TD, dy_TX, meta) -> None:
+    """Per-group x^T @ dy: both [T, .] with the same dtype."""
+    check_tokens(x_TD, meta)
+    check_tokens(dy_TX, meta, name="dy_TX")
+    check_dtype("dy_TX", dy_TX, x_TD.dtype)
+
+
+def check_mlp_args(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta) -> None:
+    """SwiGLU expert weights: gate and up [E, D, X], down [E, X, D]."""
+    check_tokens(x_TD, meta)
+    for name, w in (("w_gate_EDX", w_gate_EDX), ("w_up_EDX", w_up_EDX), ("w_down_EXD", w_down_EXD)):
+        check_rank(name, w, 3, "EXD" if name == "w_down_EXD" else "EDX")
+        check_dtype(name, w, x_TD.dtype)
+    e, d = meta.num_experts, x_TD.shape[1]
+    x = w_gate_EDX.shape[2]
+    want = {"w_gate_EDX": (e, d, x), "w_up_EDX": (e, d, x), "w_down_EXD": (e, x, d)}
+    for name, w in (("w_gate_EDX", w_gate_EDX), ("w_up_EDX", w_up_EDX), ("w_down_EXD", w_down_EXD)):
+        if tuple(w.shape) != want[name]:
+            raise GmmInputError(
+                f"{name} has shape {tuple(w.shape)}; expected {want[name]} for E={e} experts, "
+                f"D={d} (from x_TD) and X={x} (from w_gate_EDX)"
+            )

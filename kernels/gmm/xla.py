@@ -1,0 +1,153 @@
+"""The CPU path: XLA loops over row chunks aligned to each group's start (sort + segment matmuls).
+
+Why this formulation (measured by ``python -m kernels.bench --formulations``, docs/benchmarks.md): on the
+project's 2-core CPU ``jax.lax.ragged_dot`` costs about as much as computing every expert densely; the
+padded-capacity einsum needs a static capacity (a wrong guess drops tokens) and pays for the largest
+group E times; a loop over the kernels' (tile, group) pairs recomputes a whole tile at every group
+boundary. Here each group is cut into chunks that start at the group's first row:
+  1. ``size // big_rows`` big chunks, each wholly inside its group: one [big_rows, K] x [K, N] matmul
+     and a plain store, no mask;
+  2. the remainder by its binary digits: one whole chunk of big_rows/2, big_rows/4, ..., small_rows rows
+     where the digit is set (few, still fairly large, matmuls instead of many tiny ones);
+  3. the last < small_rows rows in one small chunk that may run past the group; a select (not a
+     multiply, so inf/nan next door cannot leak in) keeps only the group's rows.
+So at most E * (small_rows - 1) rows are computed in vain. Trip counts are read at run time from the
+group sizes; every loop has a static bound (T // big_rows, then E per digit).
+
+Gradients go through the custom VJP in ``vjp.py``: differentiating the loop itself would build a full
+[E, K, N] weight cotangent per iteration.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kernels.gmm.reference import precision_for, silu_glu
+
+BIG_ROWS = 128
+SMALL_ROWS = 16
+
+
+def _schedule(counts_E, first_row_E, rows: int, max_chunks: int):
+    """Chunk slot c -> (group, first row); group g owns counts_E[g] consecutive chunks from first_row_E[g]."""
+    ends = jnp.cumsum(counts_E, dtype=jnp.int32)
+    begins = ends - counts_E
+    c = jnp.arange(max_chunks, dtype=jnp.int32)
+    group = jnp.minimum(jnp.searchsorted(ends, c, side="right"), counts_E.shape[0] - 1).astype(jnp.int32)
+    return group, first_row_E[group] + (c - begins[group]) * rows, ends[-1]
+
+
+def _for_chunks(meta, carry, step, big_rows: int, small_rows: int):
+    """Run step(carry, group, row0, rows, keep) over every chunk; keep is None when the chunk is whole."""
+    if big_rows & (big_rows - 1) or small_rows & (small_rows - 1) or not 0 < small_rows <= big_rows:
+        raise ValueError(f"big_rows={big_rows} and small_rows={small_rows} must be powers of two, small <= big")
+    sizes, ends = meta.group_sizes_E, meta.group_ends_E
+    num_tokens, num_experts = meta.num_tokens, meta.num_experts
+    row = meta.group_starts_E  # first row of each group not yet covered
+
+    def run(counts, rows, max_chunks, masked, carry):
+        if max_chunks == 0:
+            return carry
+        g, r, n = _schedule(counts, row, rows, max_chunks)
+
+        def body(i, c):
+            keep = r[i] + jnp.arange(rows, dtype=jnp.int32) < ends[g[i]] if masked else None
+            return step(c, g[i], r[i], rows, keep)
+
+        return lax.fori_loop(0, n, body, carry)
+
+    # (1) Whole big chunks from each group's start.
+    count = sizes // big_rows
+    carry = run(count, big_rows, num_tokens // big_rows, False, carry)
+    row = row + count * big_rows
+    # (2) The remainder (< big_rows) by its binary digits: at most one whole chunk per power of two.
+    rows = big_rows // 2
+    while rows >= small_rows:
+        count = ((ends - row) // rows).astype(jnp.int32)  # 0 or 1: the earlier digits are already taken
+        carry = run(count, rows, min(num_experts, num_tokens // rows), False, carry)
+        row = row + count * rows
+        rows //= 2
+    # (3) The last < small_rows rows of each group: one chunk that runs past the group, rows selected.
+    count = (ends > row).astype(jnp.int32)
+    return run(count, small_rows, num_experts, True, carry)
+
+
+def _rows(a, row0, rows):
+    return lax.dynamic_slice_in_dim(a, row0, rows)
+
+
+def _put(out, value, row0, keep):
+    """Store value at row0; with a mask, rows outside the group keep their old contents."""
+    value = value.astype(out.dtype)
+    if keep is not None:
+        value = jnp.where(keep[:, None], value, _rows(out, row0, value.shape[0]))
+    return lax.dynamic_update_slice_in_dim(out, value, row0, 0)
+
+
+def _pad(a, rows: int):
+    return jnp.pad(a, ((0, rows), (0, 0)))
+
+
+def _dot(a, b, *, transpose_b: bool = False):
+    """a @ b (or a @ b.T) with fp32 accumulation."""
+    dims = (((1,), (1,)), ((), ())) if transpose_b else (((1,), (0,)), ((), ()))
+    return lax.dot_general(a, b, dims, precision=precision_for(a.dtype), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("transpose_rhs", "big_rows", "small_rows"))
+def gmm_xla(x_TD, w_EDX, meta, *, transpose_rhs: bool = False, big_rows: int = BIG_ROWS,
+            small_rows: int = SMALL_ROWS):
+    """out[r] = x[r] @ w[group(r)] (or w[group(r)].T); rows sorted by expert."""
+    n = w_EDX.shape[1] if transpose_rhs else w_EDX.shape[2]
+    x = _pad(x_TD, small_rows)  # the last small chunk may read past T
+
+    def step(out, g, r, rows, keep):
+        return _put(out, _dot(_rows(x, r, rows), w_EDX[g], transpose_b=transpose_rhs), r, keep)
+
+    out = jnp.zeros((meta.num_tokens + small_rows, n), x_TD.dtype)
+    return _for_chunks(meta, out, step, big_rows, small_rows)[: meta.num_tokens]
+
+
+@functools.partial(jax.jit, static_argnames=("big_rows", "small_rows"))
+def tgmm_xla(x_TD, dy_TX, meta, *, big_rows: int = BIG_ROWS, small_rows: int = SMALL_ROWS):
+    """dW[e] = x[rows of e].T @ dy[rows of e] -> [E, K, N] in the input dtype; empty groups give zeros."""
+    x, dy = _pad(x_TD, small_rows), _pad(dy_TX, small_rows)
+
+    def step(dw, g, r, rows, keep):
+        xc, dyc = _rows(x, r, rows), _rows(dy, r, rows)
+        if keep is not None:  # zero the next group's rows in both operands (a select: nan cannot leak)
+            xc, dyc = jnp.where(keep[:, None], xc, 0), jnp.where(keep[:, None], dyc, 0)
+        contrib = lax.dot_general(xc, dyc, (((0,), (0,)), ((), ())), precision=precision_for(x_TD.dtype),
+                                  preferred_element_type=jnp.float32)
+        total = lax.dynamic_index_in_dim(dw, g, keepdims=False) + contrib
+        return lax.dynamic_update_index_in_dim(dw, total, g, 0)
+
+    dw = jnp.zeros((meta.num_experts, x_TD.shape[1], dy_TX.shape[1]), jnp.float32)
+    return _for_chunks(meta, dw, step, big_rows, small_rows).astype(x_TD.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("save_preact", "big_rows", "small_rows"))
+def expert_mlp_xla(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta, *, save_preact: bool = False,
+                   big_rows: int = BIG_ROWS, small_rows: int = SMALL_ROWS):
+    """Fused SwiGLU per chunk: gate, up, activation and down in one loop step; h is never materialised.
+
+    With ``save_preact`` also returns the gate and up pre-activations [T, X] for the backward pass.
+    """
+    x = _pad(x_TD, small_rows)
+
+    def step(carry, g, r, rows, keep):
+        xc = _rows(x, r, rows)
+        gate, up = _dot(xc, w_gate_EDX[g]), _dot(xc, w_up_EDX[g])
+        out = _put(carry[0], _dot(silu_glu(gate, up, x_TD.dtype), w_down_EXD[g]), r, keep)
+        if not save_preact:
+            return (out,)
+        return out, _put(carry[1], gate, r, keep), _put(carry[2], up, r, keep)
+
+    rows_out = meta.num_tokens + small_rows
+    init = (jnp.zeros((rows_out, x_TD.shape[1]), x_TD.dtype),)
+    if save_preact:
+        init += (jnp.zeros((rows_out, w_gate_EDX.shape[2]), x_TD.dtype),) * 2
+    res = tuple(a[: meta.num_tokens] for a in _for_chunks(meta, init, step, big_rows, small_rows))
+    return res if save_preact else res[0]

@@ -1,0 +1,172 @@
+"""Read-ME pipeline commands: ``profile`` -> ``refactor`` -> ``eval`` -> ``analyze``.
+
+They share a work folder (``--workdir``, default ``out/readme``): ``stats/`` (activation statistics),
+``moe/`` (the MoE checkpoint folder), ``eval/`` (eval.json, routes.npz), ``analysis/`` (JSON + PNGs).
+"""
+
+import json
+from pathlib import Path
+
+from readme_jax.errors import ReadmeJaxError
+
+DEFAULT_WORKDIR = "out/readme"
+
+
+def _common(p, blocks: int):
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="work folder shared by the pipeline commands")
+    p.add_argument("--block-len", type=int, default=512, help="tokens per block")
+    p.add_argument("--blocks", type=int, default=blocks, help="blocks per domain")
+    p.add_argument("--batch-size", type=int, default=4)
+
+
+def register(sub):
+    p = sub.add_parser("profile", help="mean |MLP activation| per neuron, layer and domain")
+    p.add_argument("--model", default="default")
+    p.add_argument("--domains", nargs="+", default=None, help="domain names (default: every available one)")
+    _common(p, blocks=8)
+    p.set_defaults(func=run_profile)
+
+    p = sub.add_parser("refactor", help="slice the dense MLPs into domain experts; write a MoE folder")
+    p.add_argument("--model", default="default")
+    p.add_argument("--keep-ratio", type=float, default=0.5, help="fraction of MLP neurons per expert")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    p.set_defaults(func=run_refactor)
+
+    p = sub.add_parser("eval", help="held-out perplexity per domain: dense, pruned-dense, MoE variants")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(p, blocks=4)
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("analyze", help="layer-transition MI, temporal locality, domain confusion (+ PNGs)")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_analyze)
+
+
+def run_profile(args) -> int:
+    import readme_jax
+    from readme_jax.corpus_blocks import domain_blocks, select_domains
+    from readme_jax.profile import profile
+
+    if args.blocks < 1 or args.block_len < 2:
+        raise ReadmeJaxError(f"--blocks={args.blocks} and --block-len={args.block_len} must be >= 1 and >= 2")
+    lm = readme_jax.load(args.model)
+    domains = select_domains(args.domains)
+    print(f"domains (expert order): {', '.join(domains.names)}")
+    blocks = domain_blocks(lm.tokenizer, domains, "train", args.block_len, args.blocks)
+    stats = profile(lm, blocks, batch_size=args.batch_size)
+    out = stats.save(Path(args.workdir) / "stats")
+    print(f"profiled {int(stats.tokens_D.sum())} tokens at {stats.tokens_per_s:.0f} tokens/s -> {out}")
+    return 0
+
+
+def run_refactor(args) -> int:
+    import numpy as np
+    from flax import nnx
+
+    import readme_jax
+    from readme_jax import refactor
+    from readme_jax.lm import jax_to_numpy
+    from readme_jax.moe_io import save_moe
+    from readme_jax.profile import ProfileStats
+
+    if not 0 < args.keep_ratio <= 1:
+        raise ReadmeJaxError(f"keep ratio {args.keep_ratio} must be in (0, 1]")
+    workdir = Path(args.workdir)
+    stats = ProfileStats.load(workdir / "stats")
+    lm = readme_jax.load(args.model)
+    stats.check_model(lm.cfg)
+    masks = refactor.domain_masks(stats.mean_abs_DNF, args.keep_ratio)
+    pruned = refactor.pruned_mask(stats.mean_abs_DNF, args.keep_ratio)
+    report = refactor.expert_report(masks, stats.domains)
+    report["stats_model"] = stats.model
+    out = save_moe(workdir / "moe", lm.cfg, jax_to_numpy(nnx.to_pure_dict(lm.state)), masks, stats.domains,
+                   args.keep_ratio, lm.tokenizer, report=report, pruned_N1F=pruned)
+    perm = np.asarray(report["permanent_per_layer"])
+    print(f"{len(stats.domains)} experts x {report['expert_width']} of {report['d_ff']} neurons per layer; "
+          f"permanent part per layer: min {perm.min()}, mean {perm.mean():.0f}, max {perm.max()}")
+    print("mean pairwise Jaccard overlap of domain neuron sets:")
+    print("  " + " ".join(f"{d[:8]:>8}" for d in stats.domains))
+    for d, row in zip(stats.domains, report["jaccard_mean"]):
+        print(f"  {d[:8]:>8} " + " ".join(f"{v:8.3f}" for v in row))
+    from readme_jax.router import RouterConfig, flop_ratio
+
+    router = RouterConfig.for_backbone(lm.cfg, n_experts=len(stats.domains))
+    print(f"pre-gating router for this backbone: {router.num_params():,} params (d_model={router.d_model}, "
+          f"{router.n_layers} layer, {router.n_heads} heads); cost per token "
+          f"{100 * flop_ratio(router, lm.cfg, 512):.2f}% of the backbone's FLOPs at 512 tokens of context")
+    print(f"wrote {out}")
+    return 0
+
+
+def run_eval(args) -> int:
+    from readme_jax.corpus_blocks import domain_blocks, select_domains
+    from readme_jax.evaluate import evaluate
+    from readme_jax.lm import LM
+    from readme_jax.moe_io import is_moe_folder, read_moe_folder
+    from readme_jax.refactor import pruned_mask
+    from readme_jax.weights import build_model
+
+    workdir = Path(args.workdir)
+    folder = workdir / "moe"
+    if not is_moe_folder(folder):
+        raise ReadmeJaxError(f"{folder}: no Read-ME MoE folder; run `readme-jax refactor` first")
+    parts = read_moe_folder(folder)
+    lm = LM(build_model(parts["cfg"], parts["dense_pure"]), parts["tokenizer"], source=str(folder))
+    if parts["pruned_N1F"] is None:
+        raise ReadmeJaxError(f"{folder}: no pruned-dense masks (written by `readme-jax refactor`)")
+    domains = select_domains(parts["domains"])
+    blocks = domain_blocks(lm.tokenizer, domains, "heldout", args.block_len, args.blocks)
+    report, routes = evaluate(lm, parts["masks_NEF"], parts["pruned_N1F"], blocks, batch_size=args.batch_size,
+                              progress=not args.json)
+    out = workdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    routes.save(out / "routes.npz")
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    ppl = report["perplexity"]
+    names = list(ppl)
+    print("held-out perplexity (lower is better)")
+    print(f"| {'domain':<13}| " + " | ".join(f"{n:>12}" for n in names) + " |")
+    print("|" + "---|" * (len(names) + 1))
+    for d in report["domains"]:
+        print(f"| {d:<13}| " + " | ".join(f"{ppl[n][d]:12.2f}" for n in names) + " |")
+    act, tot = report["active_params"], report["total_params"]
+    print(f"active params: dense {act['dense'] / 1e6:.1f}M, MoE/pruned {act['moe'] / 1e6:.1f}M; "
+          f"MoE total {tot['moe'] / 1e6:.1f}M ({tot['moe_unique'] / 1e6:.1f}M unique)")
+    print(f"wrote {out / 'eval.json'}")
+    return 0
+
+
+def run_analyze(args) -> int:
+    from readme_jax import analysis
+    from readme_jax.evaluate import Routes
+
+    workdir = Path(args.workdir)
+    path = workdir / "eval" / "routes.npz"
+    if not path.is_file():
+        raise ReadmeJaxError(f"{path}: no routes; run `readme-jax eval` first")
+    report = json.loads((workdir / "eval" / "eval.json").read_text())
+    routes = Routes.load(path)
+    E = int(max(routes.layer_choice_NT.max(), routes.oracle_T.max()) + 1)
+    E = max(E, len(report["domains"]))
+    result = analysis.analyze(routes, report["domains"], E)
+    out = workdir / "analysis"
+    paths = analysis.plot(result, out)
+    (out / "analysis.json").write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    mi = result["mutual_information_bits"]
+    print(f"adjacent-layer mutual information of oracle choices (bits), {len(mi)} pairs:")
+    print("  " + " ".join(f"{v:.2f}" for v in mi))
+    print(f"  mean {sum(mi) / len(mi):.2f} bits = {100 * sum(result['mi_fraction_of_entropy']) / len(mi):.0f}% "
+          "of the next layer's entropy")
+    print(f"temporal locality: {100 * result['temporal_same_as_previous']:.1f}% of tokens keep the previous "
+          "token's expert")
+    if result["domain_expert_accuracy"] is not None:
+        print(f"oracle expert == domain expert for {100 * result['domain_expert_accuracy']:.1f}% of tokens")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

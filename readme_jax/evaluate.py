@@ -1,0 +1,104 @@
+"""Held-out evaluation: per-domain perplexity of dense, pruned-dense and MoE variants, plus routes.
+
+Per domain and batch of held-out blocks:
+1. the dense teacher pass gives dense NLL and every layer's top-k overlap with each expert (oracle);
+2. the MoE runs under oracle routes and under domain-label routes; the pruned-dense baseline (one
+   global top-k neuron set per layer, same active width) runs with its single expert;
+3. perplexity = exp(mean next-token NLL) over all predicted tokens of the domain.
+The per-layer oracle choices are kept for the analysis (transition matrices, mutual information).
+"""
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from readme_jax import oracle
+from readme_jax.refactor import build_moe
+
+
+@dataclasses.dataclass
+class Routes:
+    """Per-token routing records of an evaluation, flattened over blocks: T tokens."""
+
+    layer_choice_NT: np.ndarray  # per-layer oracle expert
+    oracle_T: np.ndarray  # summed-over-layers oracle expert
+    domain_T: np.ndarray  # domain index of the token's document
+    position_T: np.ndarray  # position inside its block (0 starts a new sequence)
+
+    def save(self, path):
+        np.savez(path, **dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path):
+        data = np.load(path)
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str, np.ndarray],
+             batch_size: int = 4, progress: bool = True):
+    """(report dict, Routes). ``blocks``: held-out [n, L] per domain, in expert order."""
+    from readme_jax.lm import jax_to_numpy
+
+    cfg = lm.cfg
+    dense_pure = jax_to_numpy(nnx.to_pure_dict(lm.state))
+    domains = list(blocks)
+    moe = nnx.split(build_moe(cfg, dense_pure, masks_NEF, "masked", domains))
+    pruned = nnx.split(build_moe(cfg, dense_pure, pruned_N1F, "masked", ["pruned"]))
+    k = int(masks_NEF[0, 0].sum())
+    nll = {name: {} for name in ("dense", "pruned_dense", "moe_oracle", "moe_domain")}
+    records = {"layer": [], "oracle": [], "domain": [], "position": []}
+    total = sum(len(b) for b in blocks.values())
+    bar = tqdm(total=total, desc="evaluating", unit="block", disable=not progress)
+    t0, n_tok = time.perf_counter(), 0
+    for d, name in enumerate(domains):
+        sums = dict.fromkeys(nll, 0.0)
+        count = 0
+        for start in range(0, len(blocks[name]), batch_size):
+            batch = blocks[name][start:start + batch_size]
+            n = len(batch)
+            if n < batch_size:  # pad with copies to keep one compiled shape; drop them below
+                batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+            dense_nll, overlap = oracle.teacher_step(lm.graphdef, lm.state, batch, masks_NEF, k)
+            layer_ch, oracle_ch = (np.asarray(a) for a in oracle.oracle_choices(overlap))
+            domain_ch = np.full(batch.shape, d, np.int32)
+            results = {
+                "dense": dense_nll,
+                "moe_oracle": oracle.routed_nll(*moe, batch, oracle_ch),
+                "moe_domain": oracle.routed_nll(*moe, batch, domain_ch),
+                "pruned_dense": oracle.routed_nll(*pruned, batch, np.zeros_like(domain_ch)),
+            }
+            for key, value in results.items():
+                sums[key] += float(np.asarray(value)[:n].astype(np.float64).sum())
+            count += n * (batch.shape[1] - 1)
+            records["layer"].append(layer_ch[:, :n].reshape(cfg.n_layers, -1))
+            records["oracle"].append(oracle_ch[:n].reshape(-1))
+            records["domain"].append(domain_ch[:n].reshape(-1))
+            records["position"].append(np.tile(np.arange(batch.shape[1]), n))
+            n_tok += n * batch.shape[1]
+            bar.update(n)
+        for key in nll:
+            nll[key][name] = sums[key] / count
+    bar.close()
+    E = masks_NEF.shape[1]
+    from readme_jax.moe import MoEConfig
+
+    moe_cfg = MoEConfig.from_dense(cfg, n_experts=E, expert_width=k)
+    report = {
+        "perplexity": {key: {dom: math.exp(v) for dom, v in per.items()} for key, per in nll.items()},
+        "active_params": {"dense": cfg.num_params(), "pruned_dense": moe_cfg.active_params(),
+                          "moe": moe_cfg.active_params()},
+        "total_params": {"dense": cfg.num_params(), "pruned_dense": moe_cfg.active_params(),
+                         "moe": moe_cfg.total_params(duplicated=True),
+                         "moe_unique": moe_cfg.total_params(duplicated=False)},
+        "tokens_per_domain": {name: int(blocks[name].size) for name in domains},
+        "domains": domains,
+        "eval_tokens_per_s": n_tok * 4 / (time.perf_counter() - t0),
+    }
+    routes = Routes(layer_choice_NT=np.concatenate(records["layer"], axis=1),
+                    oracle_T=np.concatenate(records["oracle"]), domain_T=np.concatenate(records["domain"]),
+                    position_T=np.concatenate(records["position"]))
+    return report, routes

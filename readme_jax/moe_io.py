@@ -1,0 +1,96 @@
+"""The Read-ME MoE checkpoint folder: an HF Llama folder plus the Read-ME fields.
+
+* ``config.json``: the dense HF config plus a ``readme_moe`` object (experts, expert width, keep
+  ratio, domain names in expert order).
+* ``model.safetensors``: the dense tensors under HF names (the masked form is canonical: shared
+  neurons stored once) plus ``readme_moe.layers.{n}.expert_mask`` uint8 [E, F] per layer.
+* tokenizer files, and ``refactor_report.json`` (permanent sizes, overlaps).
+
+Written into a temporary sibling folder and renamed into place, so a partial folder never looks complete.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from readme_jax.errors import ReadmeJaxError
+
+MOE_KEY = "readme_moe"
+
+
+def mask_name(n: int) -> str:
+    return f"{MOE_KEY}.layers.{n}.expert_mask"
+
+
+def pruned_name(n: int) -> str:
+    return f"{MOE_KEY}.layers.{n}.pruned_mask"
+
+
+def is_moe_folder(folder: Path) -> bool:
+    try:
+        return MOE_KEY in json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, domains, keep_ratio: float,
+             tokenizer, report: dict | None = None, pruned_N1F: np.ndarray | None = None):
+    from readme_jax.hf_import import save_hf
+    from readme_jax.weights import pure_to_hf
+
+    tensors = pure_to_hf(dense_cfg, dense_pure)
+    for n in range(masks_NEF.shape[0]):
+        tensors[mask_name(n)] = masks_NEF[n].astype(np.uint8)
+        if pruned_N1F is not None:  # the pruned-dense baseline's neurons, kept for evaluation
+            tensors[pruned_name(n)] = pruned_N1F[n].astype(np.uint8)
+    extra = {MOE_KEY: {"n_experts": int(masks_NEF.shape[1]), "expert_width": int(masks_NEF[0, 0].sum()),
+                       "keep_ratio": keep_ratio, "domains": list(domains), "format": 1}}
+    folder = save_hf(folder, dense_cfg, tensors, tokenizer=tokenizer, extra_config=extra)
+    if report is not None:
+        (folder / "refactor_report.json").write_text(json.dumps(report, indent=2))
+    return folder
+
+
+def read_moe_folder(folder: Path, dtype: str = "float32") -> dict:
+    """Everything in a Read-ME folder: dense cfg + pure weights, expert masks, pruned masks, fields, tokenizer."""
+    from readme_jax import tokenizer as tok
+    from readme_jax.hf_import import load_hf
+    from readme_jax.weights import hf_to_pure
+
+    folder = Path(folder)
+    fields = json.loads((folder / "config.json").read_text())[MOE_KEY]
+    cfg, get, has = load_hf(folder, dtype=dtype)
+    try:
+        E, width = int(fields["n_experts"]), int(fields["expert_width"])
+        domains = tuple(fields.get("domains", ()))
+        keep = float(fields["keep_ratio"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReadmeJaxError(f"{folder}/config.json: malformed '{MOE_KEY}' fields ({exc})") from None
+
+    def masks(name_fn, rows, what):
+        out = []
+        for n in range(cfg.n_layers):
+            if not has(name_fn(n)):
+                raise ReadmeJaxError(f"{folder}: missing tensor {name_fn(n)!r} (not a complete Read-ME MoE folder)")
+            m = np.asarray(get(name_fn(n))) > 0.5
+            if m.shape != (rows, cfg.d_ff) or not (m.sum(-1) == width).all():
+                raise ReadmeJaxError(f"{folder}: {what} {name_fn(n)!r} has shape {m.shape} and sizes "
+                                     f"{m.sum(-1).tolist()}, expected ({rows}, {cfg.d_ff}) with {width} neurons each")
+            out.append(m)
+        return np.stack(out)
+
+    return {"cfg": cfg, "dense_pure": hf_to_pure(cfg, get, has), "masks_NEF": masks(mask_name, E, "expert mask"),
+            "pruned_N1F": masks(pruned_name, 1, "pruned mask") if has(pruned_name(0)) else None,
+            "domains": domains, "keep_ratio": keep,
+            "tokenizer": tok.from_folder(folder, eos_ids=cfg.eos_ids, bos_id=cfg.bos_id)}
+
+
+def load_moe(folder: Path, dtype: str = "float32", form: str = "masked", kernel: str | None = None):
+    """(MoE model, tokenizer, masks_NEF) from a Read-ME folder."""
+    from readme_jax.refactor import build_moe
+
+    parts = read_moe_folder(folder, dtype)
+    model = build_moe(parts["cfg"], parts["dense_pure"], parts["masks_NEF"], form=form, domains=parts["domains"],
+                      keep_ratio=parts["keep_ratio"], kernel=kernel)
+    return model, parts["tokenizer"], parts["masks_NEF"]

@@ -1,0 +1,82 @@
+"""Serving metrics from a simulation record.
+
+Per request (times in seconds; M = generated tokens):
+- TTFT: first token time - arrival.
+- TPOT: (finish - first token) / (M - 1), for requests with M > 1.
+- end-to-end latency: finish - arrival.
+- normalized latency: end-to-end latency / M (the paper's primary metric, section 6.6).
+
+Each is reported as mean, p50, p95 and p99 (linear interpolation between order statistics). Per iteration: the
+mean number of distinct experts and tokens per batch. Throughput: generated tokens (and requests) per second over
+the makespan, from the first arrival to the last finish.
+"""
+
+import math
+
+from serve.simulate import SimResult
+
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation, as numpy's default method."""
+    if not values:
+        return math.nan
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q={q} must lie in [0, 100]")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def describe(values) -> dict:
+    """mean, p50, p95, p99 of a list of numbers (NaN when empty)."""
+    if not values:
+        return {"mean": math.nan, "p50": math.nan, "p95": math.nan, "p99": math.nan}
+    ordered = sorted(values)
+    return {
+        "mean": math.fsum(ordered) / len(ordered),
+        "p50": percentile(ordered, 50),
+        "p95": percentile(ordered, 95),
+        "p99": percentile(ordered, 99),
+    }
+
+
+def summarize(result: SimResult) -> dict:
+    """One flat-ish dict of every metric of a run (JSON-serializable)."""
+    ttft, tpot, e2e, normalized = [], [], [], []
+    generated = 0
+    max_wait = 0
+    for request in result.requests:
+        arrival = request.spec.arrival_s
+        tokens = request.spec.num_output_tokens
+        generated += tokens
+        ttft.append(request.first_token_s - arrival)
+        latency = request.finish_s - arrival
+        e2e.append(latency)
+        normalized.append(latency / tokens)
+        if tokens > 1:
+            tpot.append((request.finish_s - request.first_token_s) / (tokens - 1))
+        max_wait = max(max_wait, request.max_wait)
+    iterations = result.num_iterations
+    first_arrival = min((r.spec.arrival_s for r in result.requests), default=0.0)
+    last_finish = max((r.finish_s for r in result.requests), default=0.0)
+    makespan = last_finish - first_arrival
+    summary = {
+        "requests": len(result.requests),
+        "generated_tokens": generated,
+        "iterations": iterations,
+        "makespan_s": makespan,
+        "throughput_tokens_per_s": generated / makespan if makespan > 0 else math.nan,
+        "throughput_requests_per_s": len(result.requests) / makespan if makespan > 0 else math.nan,
+        "unique_experts_per_batch": sum(result.batch_experts) / iterations if iterations else math.nan,
+        "tokens_per_batch": sum(result.batch_tokens) / iterations if iterations else math.nan,
+        "max_wait_iterations": max_wait,
+        "ttft_s": describe(ttft),
+        "tpot_s": describe(tpot),
+        "e2e_latency_s": describe(e2e),
+        "normalized_latency_s": describe(normalized),
+    }
+    if result.cache is not None:
+        summary["cache"] = result.cache.as_dict()
+    return summary

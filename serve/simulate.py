@@ -1,0 +1,266 @@
+"""Event-driven replay of a workload: scheduler + expert cache + cost model, with no device.
+
+Simulated time jumps from event to event (an arrival while idle, the end of an iteration), so a trace replays
+much faster than real time. One iteration:
+
+1. Admit: requests whose decode token was emitted by the previous iteration, then arrivals up to now, become
+   ready (their work is pre-gated already). If nothing is pending, jump to the next arrival.
+2. Schedule: the scheduler forms the batch (``serve.scheduler``).
+3. Cache (when a cache is configured): access the batch's distinct experts (layer by layer for slice units;
+   resident keys first, see ``serve.expert_cache``) and count the slices each layer must load. Belady sees the
+   future through a ``QueueLookahead``: the rest of this batch, then the pending work in service order.
+4. Prefetch (mode ``next``): load the predicted next batch's missing keys (``serve.prefetch``).
+5. Cost: the iteration's duration from the cost model (compute, exposed transfers, link backlog).
+6. Emit: every request in the batch gets a token at the iteration's end: a prefill its first token (TTFT), a
+   decode its next one. A request that has all its tokens finishes; the others have their new token pre-gated
+   and re-enter the scheduler at the next iteration.
+"""
+
+import dataclasses
+import itertools
+import math
+
+from serve.cache_replay import AccessStream
+from serve.cost_model import CostModel
+from serve.expert_cache import CacheConfig, CacheCounters, ExpertCache
+from serve.prefetch import check_mode, plan_prefetch, predict_next_experts
+from serve.scheduler import Scheduler, SchedulerConfig
+from serve.types import Request, RequestSpec, RequestState, ServeError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimConfig:
+    """What to simulate.
+
+    Attributes:
+      scheduler: batching policy and budget.
+      cost: cost model; its num_layers must match the cache's.
+      cache: expert cache, or None when every expert stays resident (no transfers).
+      prefetch: ``none``, ``layer`` or ``next`` (serve.prefetch).
+      record_accesses: keep the per-iteration expert accesses (for offline cache replay).
+    """
+
+    scheduler: SchedulerConfig
+    cost: CostModel
+    cache: CacheConfig | None = None
+    prefetch: str = "layer"
+    record_accesses: bool = False
+
+    def __post_init__(self):
+        check_mode(self.prefetch)
+        if self.cache is not None and self.cache.num_layers != self.cost.num_layers:
+            raise ServeError(
+                f"cache num_layers={self.cache.num_layers} differs from cost model num_layers={self.cost.num_layers}"
+            )
+
+
+@dataclasses.dataclass(slots=True)
+class SimResult:
+    """Everything a run produced; ``serve.metrics.summarize`` turns it into numbers."""
+
+    requests: list[Request]
+    batch_start_s: list[float]
+    batch_duration_s: list[float]
+    batch_tokens: list[int]
+    batch_experts: list[int]
+    batch_prefill: list[int]
+    cache: CacheCounters | None
+    stream: AccessStream | None
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.batch_tokens)
+
+
+class QueueLookahead:
+    """Belady's view of the future inside the simulator (step 3 of the module docstring).
+
+    Positions: the running batch's keys are 0..A-1 in access order (layer-major for slices). ``move_to`` is
+    given the last index of the group being accessed, so a key of a later layer of this batch is used at its
+    index. Pending item r (in service order) then touches key ``layer * E + e`` at A + r * L + layer, where L
+    is 1 for whole experts and N for slices. Keys found nowhere within ``max_items`` pending items are never used again
+    (``inf``). The scan of the pending work runs once, at the first query, and stops early once every expert
+    with pending work has been seen.
+    """
+
+    def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items):
+        self._position = 0
+        self._batch_index = {key: i for i, key in enumerate(batch_keys)}
+        self._base = len(batch_keys)
+        self._scheduler = scheduler
+        self._num_experts = num_experts
+        self._layers = layers
+        self._max_items = max_items
+        self._first_rank = None
+
+    def move_to(self, index: int) -> None:
+        """Look from the running batch's access ``index`` (the last of the group being accessed)."""
+        self._position = index
+
+    def next_use(self, key: int) -> float:
+        index = self._batch_index.get(key)
+        if index is not None and index > self._position:
+            return index
+        if self._first_rank is None:
+            self._first_rank = self._scan()
+        layer, expert = divmod(key, self._num_experts)
+        rank = self._first_rank.get(expert)
+        return math.inf if rank is None else self._base + rank * self._layers + layer
+
+    def _scan(self) -> dict:
+        first = {}
+        wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
+        if not wanted:
+            return first
+        for rank, request in enumerate(itertools.islice(self._scheduler.service_order(), self._max_items)):
+            for expert in request.work_experts:
+                if expert not in first:
+                    first[expert] = rank
+            if len(first) == wanted:
+                break
+        return first
+
+
+def _validate(specs, num_experts: int) -> list[Request]:
+    requests = []
+    seen = set()
+    previous = 0.0
+    for index, spec in enumerate(specs):
+        if spec.request_id in seen:
+            raise ServeError(f"duplicate request id {spec.request_id!r}")
+        seen.add(spec.request_id)
+        if spec.arrival_s < previous:
+            raise ServeError(
+                f"request {spec.request_id!r}: arrival_s={spec.arrival_s} is earlier than the previous request's "
+                f"{previous}; requests must be in arrival order"
+            )
+        previous = spec.arrival_s
+        low, high = spec.min_expert(), spec.max_expert()
+        if low < 0 or high >= num_experts:
+            bad = low if low < 0 else high
+            raise ServeError(f"request {spec.request_id!r}: expert id {bad} out of range [0, {num_experts})")
+        requests.append(Request(spec, index))
+    return requests
+
+
+def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> SimResult:
+    """Replay ``specs`` (in arrival order) to completion and return the per-request and per-iteration record."""
+    requests = _validate(specs, num_experts)
+    if config.cache is not None and config.cache.num_experts != num_experts:
+        raise ServeError(f"cache num_experts={config.cache.num_experts} differs from the workload's {num_experts}")
+    scheduler = Scheduler(config.scheduler, num_experts)
+    cost = config.cost
+    cache = None
+    if config.cache is not None:
+        cache = ExpertCache.from_config(config.cache, cost.slice_bytes)
+    slices = config.cache is not None and config.cache.unit == "slice"
+    num_layers = cost.num_layers
+    # The lookahead is needed only by Belady and by speculative prefetch.
+    wants_lookahead = cache is not None and (config.cache.policy == "belady" or config.prefetch == "next")
+    lookahead_items = config.cache.lookahead_items if config.cache is not None else None
+    pipelined = config.prefetch != "none"
+    max_batch_tokens = config.scheduler.max_batch_tokens
+
+    result = SimResult(requests, [], [], [], [], [], None, None)
+    stream_experts, stream_known = [], []
+    now = 0.0
+    link_ready = 0.0  # link backlog at the start of the next iteration, relative to that start
+    iteration = 0
+    next_arrival = 0
+    finished = 0
+    carry = []  # requests whose next decode token is ready at the next iteration
+    total = len(requests)
+    while finished < total:
+        scheduler.submit_decodes(carry, iteration)  # step 1
+        carry = []
+        while next_arrival < total and requests[next_arrival].spec.arrival_s <= now:
+            scheduler.submit(requests[next_arrival], iteration)
+            next_arrival += 1
+        if not len(scheduler):
+            gap = requests[next_arrival].spec.arrival_s - now
+            link_ready = max(0.0, link_ready - gap)
+            now = requests[next_arrival].spec.arrival_s
+            continue
+
+        batch = scheduler.next_batch(iteration)  # step 2
+        if not batch.requests:
+            raise RuntimeError(f"iteration {iteration}: empty batch with {len(scheduler)} items pending")
+        experts = batch.experts
+        if config.record_accesses:
+            stream_experts.append(experts)
+            stream_known.append(_known_at(batch))
+
+        missing = 0  # step 3
+        if cache is not None:
+            keys = [layer * num_experts + e for layer in range(num_layers) for e in experts] if slices else experts
+            view = None
+            if wants_lookahead:
+                view = QueueLookahead(keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items)
+            missing = _access_batch(cache, keys, view, len(experts))
+            if config.prefetch == "next":  # step 4
+                link_ready += _prefetch_next(cache, scheduler, view, keys, max_batch_tokens, cost, slices)
+
+        duration, link_free = cost.step_s(batch.num_tokens, len(experts), missing, pipelined, link_ready)  # step 5
+        link_ready = max(0.0, link_free - duration)
+        end = now + duration
+        result.batch_start_s.append(now)
+        result.batch_duration_s.append(duration)
+        result.batch_tokens.append(batch.num_tokens)
+        result.batch_experts.append(len(experts))
+        result.batch_prefill.append(batch.num_prefill)
+
+        for request in batch.requests:  # step 6
+            request.generated += 1
+            if request.state is RequestState.PREFILL:
+                request.first_token_s = end
+                request.state = RequestState.DECODE
+            if request.generated >= request.num_output:
+                request.state = RequestState.FINISHED
+                request.finish_s = end
+                finished += 1
+            else:
+                request.reveal_next_expert()
+                carry.append(request)
+        now = end
+        iteration += 1
+
+    result.cache = cache.counters if cache is not None else None
+    if config.record_accesses:
+        result.stream = AccessStream(num_experts, tuple(stream_experts), tuple(stream_known))
+    return result
+
+
+def _known_at(batch) -> tuple[int, ...]:
+    """For each expert of the batch, the earliest iteration at which one of its tokens was pre-gated."""
+    first = {}
+    for request in batch.requests:
+        for expert in request.work_experts:
+            ready = request.ready_iteration
+            if ready < first.get(expert, ready + 1):
+                first[expert] = ready
+    return tuple(first[e] for e in batch.experts)
+
+
+def _access_batch(cache, keys, view, layer_width: int):
+    """Step 3: access the batch's keys, one group per layer for slices; returns the missing slices per layer
+    (one int for whole experts, whose misses load every layer)."""
+    missing = []
+    for start in range(0, len(keys), layer_width):
+        if view is not None:
+            view.move_to(start + layer_width - 1)
+            hits = cache.access_batch(keys[start : start + layer_width], view)
+        else:
+            hits = cache.access_batch(keys[start : start + layer_width])
+        missing.append(layer_width - sum(hits))
+    return missing[0] if layer_width == len(keys) else missing
+
+
+def _prefetch_next(cache, scheduler, view, keys, max_batch_tokens, cost, slices: bool) -> float:
+    """Step 4: load the predicted next batch's missing keys; returns the seconds they add to the link."""
+    predicted = predict_next_experts(scheduler.service_order(), max_batch_tokens)
+    protect = frozenset(keys)  # in use by the running batch
+    loaded = 0
+    for key in plan_prefetch(predicted, cache.resident):
+        loaded += cache.prefetch(key, view, protect)
+    per_key = cost.slice_transfer_s * (1 if slices else cost.num_layers)
+    return loaded * per_key

@@ -1,0 +1,143 @@
+"""Synthetic workloads: Poisson arrivals, chat-like lengths, expert sequences from a Markov model.
+
+Used until routing traces from the real router exist (then ``serve.trace`` files are replayed instead). One
+request is drawn as follows, from a single seeded generator, so a seed fixes the whole workload:
+
+1. Arrival: inter-arrival gaps are exponential with rate ``rate_per_s`` (a Poisson process).
+2. Lengths: prompt and output lengths are log-normal with the given mean and shape ``sigma``, rounded, and
+   clipped to [1, max]. The default means are those LMSYS-Chat-1M reports for Chatbot Arena conversations
+   (69.5 prompt and 214.5 response tokens on average; docs/serving.md discusses them).
+3. Home expert: the request's domain, h, drawn from the popularity distribution
+   p(e) proportional to (e + 1) ** -popularity_skew (Zipf-like: expert 0 is the most popular).
+4. Expert sequence over prompt then output tokens, a Markov chain with tunable locality:
+   each run of tokens has one expert drawn from q_h = (1 - home_weight) * p + home_weight * onehot(h), and a run
+   continues to the next token with probability ``stay`` (so run lengths are geometric). The fraction of
+   tokens that repeat the previous token's expert is about stay + (1 - stay) * q_h(previous); the paper measured
+   2921 / 4096 = 0.71 for its router (section 6.7 d).
+"""
+
+import bisect
+import dataclasses
+import itertools
+import math
+import random
+
+from serve.types import RequestSpec, ServeError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    """Parameters of the synthetic workload (module docstring, steps 1-4)."""
+
+    num_requests: int = 1000
+    rate_per_s: float = 4.0
+    num_experts: int = 7
+    prompt_mean: float = 69.5
+    prompt_sigma: float = 1.0
+    prompt_max: int = 256
+    output_mean: float = 214.5
+    output_sigma: float = 0.8
+    output_max: int = 512
+    popularity_skew: float = 1.0
+    stay: float = 0.3
+    home_weight: float = 0.7
+    seed: int = 0
+
+    def __post_init__(self):
+        positive_ints = ("num_requests", "num_experts", "prompt_max", "output_max")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ServeError(f"{name}={value!r} must be a positive integer")
+        for name in ("rate_per_s", "prompt_mean", "output_mean"):
+            value = getattr(self, name)
+            if not value > 0.0 or math.isinf(value):
+                raise ServeError(f"{name}={value!r} must be finite and > 0")
+        for name in ("prompt_sigma", "output_sigma", "popularity_skew"):
+            value = getattr(self, name)
+            if not value >= 0.0 or math.isinf(value):
+                raise ServeError(f"{name}={value!r} must be finite and >= 0")
+        if not 0.0 <= self.stay < 1.0:  # stay = 1 would never end a run
+            raise ServeError(f"stay={self.stay!r} must lie in [0, 1)")
+        if not 0.0 <= self.home_weight <= 1.0:
+            raise ServeError(f"home_weight={self.home_weight!r} must lie in [0, 1]")
+
+    def popularity(self) -> list[float]:
+        """p(e) of step 3."""
+        weights = [(e + 1) ** -self.popularity_skew for e in range(self.num_experts)]
+        total = math.fsum(weights)
+        return [w / total for w in weights]
+
+
+def _lognormal_length(rng: random.Random, mean: float, sigma: float, maximum: int) -> int:
+    mu = math.log(mean) - sigma * sigma / 2.0  # so that the unclipped mean is `mean`
+    return min(maximum, max(1, round(rng.lognormvariate(mu, sigma))))
+
+
+class MarkovExperts:
+    """Step 4: expert sequences with geometric runs around a home expert."""
+
+    def __init__(self, popularity: list[float], stay: float, home_weight: float):
+        self.num_experts = len(popularity)
+        self.stay = stay
+        self._popularity_cdf = list(itertools.accumulate(popularity))
+        self._home_cdf = []
+        for home in range(self.num_experts):
+            mix = [(1.0 - home_weight) * p + (home_weight if e == home else 0.0) for e, p in enumerate(popularity)]
+            self._home_cdf.append(list(itertools.accumulate(mix)))
+        self._log_stay = math.log(stay) if stay > 0.0 else None
+
+    def draw_home(self, rng: random.Random) -> int:
+        return self._draw(rng, self._popularity_cdf)
+
+    def sequence(self, rng: random.Random, home: int, length: int) -> list[int]:
+        cdf = self._home_cdf[home]
+        out = []
+        while len(out) < length:
+            expert = self._draw(rng, cdf)
+            run = 1
+            if self._log_stay is not None:
+                # Geometric run length: P(run = k) = stay ** (k - 1) * (1 - stay).
+                run += int(math.log(1.0 - rng.random()) / self._log_stay)
+            out.extend([expert] * run)
+        del out[length:]
+        return out
+
+    def _draw(self, rng: random.Random, cdf: list[float]) -> int:
+        # min(): guards the last bucket against a cdf that sums to 1 - epsilon.
+        return min(bisect.bisect_right(cdf, rng.random() * cdf[-1]), self.num_experts - 1)
+
+
+def synthetic_workload(config: WorkloadConfig) -> list[RequestSpec]:
+    """Draw ``config.num_requests`` requests in arrival order (module docstring)."""
+    rng = random.Random(config.seed)
+    markov = MarkovExperts(config.popularity(), config.stay, config.home_weight)
+    max_new_tokens = config.output_max
+    specs = []
+    now = 0.0
+    for index in range(config.num_requests):
+        now += rng.expovariate(config.rate_per_s)
+        prompt_len = _lognormal_length(rng, config.prompt_mean, config.prompt_sigma, config.prompt_max)
+        output_len = _lognormal_length(rng, config.output_mean, config.output_sigma, config.output_max)
+        home = markov.draw_home(rng)
+        experts = markov.sequence(rng, home, prompt_len + output_len)
+        specs.append(
+            RequestSpec(
+                request_id=f"r{index}",
+                arrival_s=now,
+                prompt_experts=tuple(experts[:prompt_len]),
+                output_experts=tuple(experts[prompt_len:]),
+                max_new_tokens=max_new_tokens,
+            )
+        )
+    return specs
+
+
+def repeat_rate(specs: list[RequestSpec]) -> float:
+    """Fraction of tokens (after the first of each request) whose expert repeats the previous token's."""
+    same = total = 0
+    for spec in specs:
+        sequence = spec.prompt_experts + spec.output_experts
+        total += len(sequence) - 1
+        same += sum(1 for a, b in zip(sequence, sequence[1:]) if a == b)
+    return same / total if total else math.nan

@@ -1,0 +1,92 @@
+"""bench-cache / bench-sched through the project CLI: JSON output, plots, traces, and clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from readme_jax.cli import main
+
+SMALL = ["--requests", "40", "--max-batch-tokens", "256"]
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # exactly one JSON object
+
+
+def test_bench_cache_json_is_a_table4_style_result(capsys):
+    result = _json(capsys, ["bench-cache", "--json", "--no-plot", "--rate", "6", "--capacities", "1,2,3", *SMALL])
+    assert [row["capacity"] for row in result["rows"]] == [1, 2, 3]
+    for row in result["rows"]:
+        policies = row["policies"]
+        assert set(policies) == {"random", "fifo", "lru", "lfu", "belady", "belady-offline"}
+        best = policies["belady-offline"]["hits"]
+        assert all(0.0 <= p["hit_ratio"] <= 1.0 and p["hits"] <= best for p in policies.values())
+        assert policies["lru"]["bytes_moved"] == policies["lru"]["loads"] * result["cost"]["slice_bytes"] * 32
+    assert result["workload"]["synthetic"]["num_requests"] == 40 and result["env"]["python"]
+
+
+def test_bench_sched_text_and_plot(capsys, tmp_path):
+    plot = tmp_path / "sched.png"
+    argv = ["bench-sched", "--rates", "5,20", "--policies", "expert-aware,decode-first", "--plot", str(plot), *SMALL]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "expert-aware" in out and "change against decode-first" in out and "SYNTHETIC" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_sched_json_with_cache(capsys):
+    argv = ["bench-sched", "--json", "--no-plot", "--rates", "8", "--cache-capacity", "3", "--prefetch", "next", *SMALL]
+    result = _json(capsys, argv)
+    assert {run["policy"] for run in result["runs"]} == {"expert-aware", "decode-first", "prefill-first", "fcfs"}
+    for run in result["runs"]:
+        assert run["requests"] == 40 and 0.0 <= run["cache"]["hit_ratio"] <= 1.0 and run["simulate_wall_s"] >= 0
+
+
+def test_saved_trace_replays_to_the_same_numbers(capsys, tmp_path):
+    trace = tmp_path / "w.jsonl"
+    first = _json(capsys, ["bench-sched", "--json", "--no-plot", "--rates", "9", "--save-trace", str(trace), *SMALL])
+    again = _json(capsys, ["bench-sched", "--json", "--no-plot", "--trace", str(trace), *SMALL[2:]])
+    for a, b in zip(first["runs"], again["runs"]):
+        assert a["normalized_latency_s"] == b["normalized_latency_s"]
+        assert a["unique_experts_per_batch"] == b["unique_experts_per_batch"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench-cache", "--capacities", "0"], "cache capacity=0 must be between 1 and 7"),
+        (["bench-cache", "--capacities", "8"], "cache capacity=8 must be between 1 and 7"),
+        (["bench-cache", "--capacities", "2,x"], "--capacities '2,x': expected comma-separated integers"),
+        (["bench-cache", "--max-batch-tokens", "-4"], "max_batch_tokens=-4"),
+        (["bench-sched", "--policies", "expert-aware,sjf"], "unknown name 'sjf'"),
+        (["bench-sched", "--cache-capacity", "9"], "cache capacity=9"),
+        (["bench-sched", "--max-wait", "soon"], "--max-wait 'soon'"),
+    ],
+)
+def test_bad_flags_print_one_error_line(capsys, argv, message):
+    assert main([*argv, "--no-plot", "--requests", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_bad_trace_line_is_named(capsys, tmp_path):
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text(
+        '{"format": "readme-jax-trace", "version": 1, "num_experts": 3}\n'
+        '{"id": "a", "arrival_s": 0, "max_new_tokens": 4, "prompt_experts": [0], "output_experts": [3]}\n'
+    )
+    assert main(["bench-cache", "--trace", str(trace), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl line 2: expert id 3 in output_experts[0] out of range [0, 3)" in err
+    assert main(["bench-sched", "--trace", str(trace), "--rates", "3", "--no-plot"]) == 2
+    assert "drop --rate/--rates" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_one_json_object():
+    argv = ["-m", "readme_jax.cli", "bench-cache", "--json", "--no-plot", "--capacities", "2", "--requests", "20"]
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["bench"] == "cache"
