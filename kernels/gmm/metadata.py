@@ -147,7 +147,7 @@ def _build(group_sizes_E, sort_idx_T, unsort_idx_T, tile_m: int) -> GroupMetadat
     #     ranges and are skipped) -> its tile (offset of p inside that group's range). Slots past
     #     num_pairs repeat the last valid pair so a static-length consumer never reads out of range.
     p = jnp.minimum(jnp.arange(max_pairs, dtype=jnp.int32), num_pairs - 1)
-    pair_group = jnp.searchsorted(pair_ends, p, side="right").astype(jnp.int32)
+    pair_group = jnp.searchsorted(pair_ends, p, side="right", method="compare_all").astype(jnp.int32)
     pair_tile = first_tile[pair_group] + (p - pair_starts[pair_group])
 
     # (5) Tile m -> its pair range. Its first row belongs to group lo, its last row to group hi (the group
@@ -156,8 +156,8 @@ def _build(group_sizes_E, sort_idx_T, unsort_idx_T, tile_m: int) -> GroupMetadat
     #     inside tile m with one pair each, so the tile's pairs are contiguous.
     tile_first_row = jnp.arange(num_tiles, dtype=jnp.int32) * tm
     tile_last_row = jnp.minimum(tile_first_row + tm, num_tokens) - 1
-    lo = jnp.searchsorted(ends, tile_first_row, side="right").astype(jnp.int32)
-    hi = jnp.searchsorted(ends, tile_last_row, side="right").astype(jnp.int32)
+    lo = jnp.searchsorted(ends, tile_first_row, side="right", method="compare_all").astype(jnp.int32)
+    hi = jnp.searchsorted(ends, tile_last_row, side="right", method="compare_all").astype(jnp.int32)
     m = jnp.arange(num_tiles, dtype=jnp.int32)
     tile_pair_start = pair_starts[lo] + (m - first_tile[lo])
     tile_pair_end = pair_starts[hi] + (m - first_tile[hi]) + 1

@@ -1,20 +1,22 @@
-"""The CPU path: XLA loops over row chunks aligned to each group's start (sort + segment matmuls).
+"""The CPU path: XLA loops over each group's rows in chunks (sort + segment matmuls).
 
 Why this formulation (measured by ``python -m kernels.bench --formulations``, docs/benchmarks.md): on the
 project's 2-core CPU ``jax.lax.ragged_dot`` costs about as much as computing every expert densely; the
 padded-capacity einsum needs a static capacity (a wrong guess drops tokens) and pays for the largest
 group E times; a loop over the kernels' (tile, group) pairs recomputes a whole tile at every group
-boundary. Here each group is cut into chunks that start at the group's first row:
-  1. ``size // big_rows`` big chunks, each wholly inside its group: one [big_rows, K] x [K, N] matmul
-     and a plain store, no mask;
-  2. the remainder by its binary digits: one whole chunk of big_rows/2, big_rows/4, ..., small_rows rows
-     where the digit is set (few, still fairly large, matmuls instead of many tiny ones);
-  3. the last < small_rows rows in one small chunk that may run past the group; a select (not a
-     multiply, so inf/nan next door cannot leak in) keeps only the group's rows.
-So at most E * (small_rows - 1) rows are computed in vain. Trip counts are read at run time from the
-group sizes; every loop has a static bound (T // big_rows, then E per digit).
+boundary. Here the rows of each group, from the group's first row, are cut into
+  1. ``size // big_rows`` big chunks: one [big_rows, K] x [K, N] matmul each and a plain store;
+  2. the remainder in one chunk of the smallest size small_rows * 2**k that holds it: it may run past
+     the group, and a select (not a multiply, so inf/nan next door cannot leak in) keeps only the
+     group's rows. Small matmuls are bound by reading the weights, so one masked chunk costs less than
+     several exact ones.
+All chunks of one size run in one flat loop over a precomputed (group, first row) schedule: no nested
+loops and no lax.cond, because XLA on CPU then copies the whole loop-carried output at every step, which
+cost more than the matmuls at prefill sizes.
+Per group, fewer rows than max(remainder, small_rows) are computed in vain. Trip counts are read at run
+time from the group sizes; every loop has a static bound.
 
-Gradients go through the custom VJP in ``vjp.py``: differentiating the loop itself would build a full
+Gradients go through the custom VJP in ``vjp.py``: differentiating the loops would build a full
 [E, K, N] weight cotangent per iteration.
 """
 
@@ -27,7 +29,15 @@ from jax import lax
 from kernels.gmm.reference import precision_for, silu_glu
 
 BIG_ROWS = 128
-SMALL_ROWS = 16
+SMALL_ROWS = 16  # capped for decode-sized calls: see _small_rows
+
+
+def _small_rows(meta, small_rows):
+    """At decode sizes a 16-row chunk would be mostly waste: use about T/E rows (a power of two) instead."""
+    if small_rows is not None:
+        return small_rows
+    per_group = -(-meta.num_tokens // meta.num_experts)
+    return min(SMALL_ROWS, 1 << (per_group - 1).bit_length())
 
 
 def _schedule(counts_E, first_row_E, rows: int, max_chunks: int):
@@ -35,43 +45,48 @@ def _schedule(counts_E, first_row_E, rows: int, max_chunks: int):
     ends = jnp.cumsum(counts_E, dtype=jnp.int32)
     begins = ends - counts_E
     c = jnp.arange(max_chunks, dtype=jnp.int32)
-    group = jnp.minimum(jnp.searchsorted(ends, c, side="right"), counts_E.shape[0] - 1).astype(jnp.int32)
+    group = jnp.searchsorted(ends, c, side="right", method="compare_all")
+    group = jnp.minimum(group, counts_E.shape[0] - 1).astype(jnp.int32)
     return group, first_row_E[group] + (c - begins[group]) * rows, ends[-1]
 
 
-def _for_chunks(meta, carry, step, big_rows: int, small_rows: int):
-    """Run step(carry, group, row0, rows, keep) over every chunk; keep is None when the chunk is whole."""
+def _for_chunks(meta, state, step, big_rows: int, small_rows: int):
+    """Run step(state, group, row0, rows, keep) over every chunk; keep is None for whole chunks.
+
+    Flat loops only (see the module docstring): one loop for the big chunks, one per tail size.
+    """
     if big_rows & (big_rows - 1) or small_rows & (small_rows - 1) or not 0 < small_rows <= big_rows:
         raise ValueError(f"big_rows={big_rows} and small_rows={small_rows} must be powers of two, small <= big")
-    sizes, ends = meta.group_sizes_E, meta.group_ends_E
+    sizes, starts, ends = meta.group_sizes_E, meta.group_starts_E, meta.group_ends_E
     num_tokens, num_experts = meta.num_tokens, meta.num_experts
-    row = meta.group_starts_E  # first row of each group not yet covered
 
-    def run(counts, rows, max_chunks, masked, carry):
+    def run(counts, first_row, rows, max_chunks, masked, state):
         if max_chunks == 0:
-            return carry
-        g, r, n = _schedule(counts, row, rows, max_chunks)
+            return state
+        g, r, n = _schedule(counts, first_row, rows, max_chunks)
 
-        def body(i, c):
+        def body(i, s):
             keep = r[i] + jnp.arange(rows, dtype=jnp.int32) < ends[g[i]] if masked else None
-            return step(c, g[i], r[i], rows, keep)
+            return step(s, g[i], r[i], rows, keep)
 
-        return lax.fori_loop(0, n, body, carry)
+        return lax.fori_loop(0, n, body, state)
 
-    # (1) Whole big chunks from each group's start.
-    count = sizes // big_rows
-    carry = run(count, big_rows, num_tokens // big_rows, False, carry)
-    row = row + count * big_rows
-    # (2) The remainder (< big_rows) by its binary digits: at most one whole chunk per power of two.
-    rows = big_rows // 2
-    while rows >= small_rows:
-        count = ((ends - row) // rows).astype(jnp.int32)  # 0 or 1: the earlier digits are already taken
-        carry = run(count, rows, min(num_experts, num_tokens // rows), False, carry)
-        row = row + count * rows
-        rows //= 2
-    # (3) The last < small_rows rows of each group: one chunk that runs past the group, rows selected.
-    count = (ends > row).astype(jnp.int32)
-    return run(count, small_rows, num_experts, True, carry)
+    # (1) Whole big chunks from each group's first row.
+    n_big = sizes // big_rows
+    state = run(n_big, starts, big_rows, num_tokens // big_rows, False, state)
+    # (2) Each group's remainder (< big_rows) in one chunk of the smallest size small_rows * 2**k that
+    #     holds it: one loop per size over the groups that picked it.
+    tail_row = starts + n_big * big_rows
+    rem = ends - tail_row
+    tails = [small_rows << k for k in range((big_rows // small_rows).bit_length())]
+    tails = [t for i, t in enumerate(tails) if i == 0 or tails[i - 1] < num_tokens]  # none far above T
+    lower = 0
+    for t in tails:
+        picked = ((rem > lower) & (rem <= t)).astype(jnp.int32)
+        at_most = min(num_experts, num_tokens // (lower + 1))  # each picked group has > lower rows
+        state = run(picked, tail_row, t, at_most, True, state)
+        lower = t
+    return state
 
 
 def _rows(a, row0, rows):
@@ -98,22 +113,25 @@ def _dot(a, b, *, transpose_b: bool = False):
 
 @functools.partial(jax.jit, static_argnames=("transpose_rhs", "big_rows", "small_rows"))
 def gmm_xla(x_TD, w_EDX, meta, *, transpose_rhs: bool = False, big_rows: int = BIG_ROWS,
-            small_rows: int = SMALL_ROWS):
+            small_rows: int | None = None):
     """out[r] = x[r] @ w[group(r)] (or w[group(r)].T); rows sorted by expert."""
+    small_rows = _small_rows(meta, small_rows)
     n = w_EDX.shape[1] if transpose_rhs else w_EDX.shape[2]
-    x = _pad(x_TD, small_rows)  # the last small chunk may read past T
+    x = _pad(x_TD, big_rows)  # the tail chunk may read past T
 
     def step(out, g, r, rows, keep):
         return _put(out, _dot(_rows(x, r, rows), w_EDX[g], transpose_b=transpose_rhs), r, keep)
 
-    out = jnp.zeros((meta.num_tokens + small_rows, n), x_TD.dtype)
+    out = jnp.zeros((meta.num_tokens + big_rows, n), x_TD.dtype)
     return _for_chunks(meta, out, step, big_rows, small_rows)[: meta.num_tokens]
 
 
 @functools.partial(jax.jit, static_argnames=("big_rows", "small_rows"))
-def tgmm_xla(x_TD, dy_TX, meta, *, big_rows: int = BIG_ROWS, small_rows: int = SMALL_ROWS):
+def tgmm_xla(x_TD, dy_TX, meta, *, big_rows: int = BIG_ROWS, small_rows: int | None = None):
     """dW[e] = x[rows of e].T @ dy[rows of e] -> [E, K, N] in the input dtype; empty groups give zeros."""
-    x, dy = _pad(x_TD, small_rows), _pad(dy_TX, small_rows)
+    small_rows = _small_rows(meta, small_rows)
+    x, dy = _pad(x_TD, big_rows), _pad(dy_TX, big_rows)
+    k, n = x_TD.shape[1], dy_TX.shape[1]
 
     def step(dw, g, r, rows, keep):
         xc, dyc = _rows(x, r, rows), _rows(dy, r, rows)
@@ -124,18 +142,19 @@ def tgmm_xla(x_TD, dy_TX, meta, *, big_rows: int = BIG_ROWS, small_rows: int = S
         total = lax.dynamic_index_in_dim(dw, g, keepdims=False) + contrib
         return lax.dynamic_update_index_in_dim(dw, total, g, 0)
 
-    dw = jnp.zeros((meta.num_experts, x_TD.shape[1], dy_TX.shape[1]), jnp.float32)
-    return _for_chunks(meta, dw, step, big_rows, small_rows).astype(x_TD.dtype)
+    dw = _for_chunks(meta, jnp.zeros((meta.num_experts, k, n), jnp.float32), step, big_rows, small_rows)
+    return dw.astype(x_TD.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("save_preact", "big_rows", "small_rows"))
 def expert_mlp_xla(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta, *, save_preact: bool = False,
-                   big_rows: int = BIG_ROWS, small_rows: int = SMALL_ROWS):
+                   big_rows: int = BIG_ROWS, small_rows: int | None = None):
     """Fused SwiGLU per chunk: gate, up, activation and down in one loop step; h is never materialised.
 
     With ``save_preact`` also returns the gate and up pre-activations [T, X] for the backward pass.
     """
-    x = _pad(x_TD, small_rows)
+    small_rows = _small_rows(meta, small_rows)
+    x = _pad(x_TD, big_rows)
 
     def step(carry, g, r, rows, keep):
         xc = _rows(x, r, rows)
@@ -145,9 +164,10 @@ def expert_mlp_xla(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta, *, save_preact:
             return (out,)
         return out, _put(carry[1], gate, r, keep), _put(carry[2], up, r, keep)
 
-    rows_out = meta.num_tokens + small_rows
+    rows_out = meta.num_tokens + big_rows
     init = (jnp.zeros((rows_out, x_TD.shape[1]), x_TD.dtype),)
     if save_preact:
         init += (jnp.zeros((rows_out, w_gate_EDX.shape[2]), x_TD.dtype),) * 2
-    res = tuple(a[: meta.num_tokens] for a in _for_chunks(meta, init, step, big_rows, small_rows))
+    res = _for_chunks(meta, init, step, big_rows, small_rows)
+    res = tuple(a[: meta.num_tokens] for a in res)
     return res if save_preact else res[0]

@@ -17,6 +17,8 @@ def _common(p, blocks: int):
     p.add_argument("--block-len", type=int, default=512, help="tokens per block")
     p.add_argument("--blocks", type=int, default=blocks, help="blocks per domain")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--doc-chars", type=int, default=2048,
+                   help="use at most this many characters of each document (0: whole documents)")
 
 
 def register(sub):
@@ -53,7 +55,7 @@ def run_profile(args) -> int:
     lm = readme_jax.load(args.model)
     domains = select_domains(args.domains)
     print(f"domains (expert order): {', '.join(domains.names)}")
-    blocks = domain_blocks(lm.tokenizer, domains, "train", args.block_len, args.blocks)
+    blocks = domain_blocks(lm.tokenizer, domains, "train", args.block_len, args.blocks, args.doc_chars)
     stats = profile(lm, blocks, batch_size=args.batch_size)
     out = stats.save(Path(args.workdir) / "stats")
     print(f"profiled {int(stats.tokens_D.sum())} tokens at {stats.tokens_per_s:.0f} tokens/s -> {out}")
@@ -116,7 +118,7 @@ def run_eval(args) -> int:
     if parts["pruned_N1F"] is None:
         raise ReadmeJaxError(f"{folder}: no pruned-dense masks (written by `readme-jax refactor`)")
     domains = select_domains(parts["domains"])
-    blocks = domain_blocks(lm.tokenizer, domains, "heldout", args.block_len, args.blocks)
+    blocks = domain_blocks(lm.tokenizer, domains, "heldout", args.block_len, args.blocks, args.doc_chars)
     report, routes = evaluate(lm, parts["masks_NEF"], parts["pruned_N1F"], blocks, batch_size=args.batch_size,
                               progress=not args.json)
     out = workdir / "eval"

@@ -14,7 +14,7 @@ from readme_jax.errors import ReadmeJaxError
 
 T, D, X, E = 12, 16, 32, 3
 META = group_metadata_from_sizes(np.array([5, 0, 7]), T, tile_m=4)
-f32 = jax.ShapeDtypeStruct
+spec = jax.ShapeDtypeStruct  # shapes and dtypes only: nothing is computed
 
 
 def _trace(fn, *args):
@@ -28,12 +28,12 @@ def test_error_types_are_project_errors():
 
 
 @pytest.mark.parametrize("x,w,match", [
-    (f32((T, D + 1), jnp.float32), f32((E, D, X), jnp.float32), "width 17"),
-    (f32((T + 1, D), jnp.float32), f32((E, D, X), jnp.float32), "13 rows"),
-    (f32((T, D), jnp.float32), f32((E + 1, D, X), jnp.float32), "4 experts"),
-    (f32((T, D), jnp.float32), f32((E, D, X), jnp.bfloat16), "dtype bfloat16"),
-    (f32((T, D), jnp.float16), f32((E, D, X), jnp.float16), "supported: float32, bfloat16"),
-    (f32((T, D), jnp.float32), f32((D, X), jnp.float32), r"shape \[E, D, X\]"),
+    (spec((T, D + 1), jnp.float32), spec((E, D, X), jnp.float32), "width 17"),
+    (spec((T + 1, D), jnp.float32), spec((E, D, X), jnp.float32), "13 rows"),
+    (spec((T, D), jnp.float32), spec((E + 1, D, X), jnp.float32), "4 experts"),
+    (spec((T, D), jnp.float32), spec((E, D, X), jnp.bfloat16), "dtype bfloat16"),
+    (spec((T, D), jnp.float16), spec((E, D, X), jnp.float16), "supported: float32, bfloat16"),
+    (spec((T, D), jnp.float32), spec((D, X), jnp.float32), r"shape \[E, D, X\]"),
 ])
 @pytest.mark.parametrize("impl", [None, "reference", "xla", "pallas_interpret"])
 def test_gmm_shape_and_dtype_errors(x, w, match, impl):
@@ -42,10 +42,10 @@ def test_gmm_shape_and_dtype_errors(x, w, match, impl):
 
 
 def test_expert_mlp_weight_shape_errors():
-    x = f32((T, D), jnp.float32)
-    wg, wd = f32((E, D, X), jnp.float32), f32((E, X, D), jnp.float32)
+    x = spec((T, D), jnp.float32)
+    wg, wd = spec((E, D, X), jnp.float32), spec((E, X, D), jnp.float32)
     with pytest.raises(GmmInputError, match=r"w_up_EDX has shape \(3, 16, 16\)"):
-        _trace(lambda *a: expert_mlp(*a, META), x, wg, f32((E, D, 16), jnp.float32), wd)
+        _trace(lambda *a: expert_mlp(*a, META), x, wg, spec((E, D, 16), jnp.float32), wd)
     with pytest.raises(GmmInputError, match="w_down_EXD has shape"):
         _trace(lambda *a: expert_mlp(*a, META), x, wg, wg, wg)
 
@@ -85,7 +85,7 @@ def test_named_implementations():
     if jax.default_backend() != "gpu":
         with pytest.raises(ImplementationUnavailableError, match="needs a GPU backend"):
             _trace(lambda x, w: gmm(x, w, META, implementation="pallas_gpu"),
-                   f32((T, D), jnp.float32), f32((E, D, X), jnp.float32))
+                   spec((T, D), jnp.float32), spec((E, D, X), jnp.float32))
 
 
 def test_none_falls_back_and_logs(monkeypatch, caplog):
