@@ -17,7 +17,7 @@ from readme_jax.model import Llama, abstract_model
 
 def _block_map(cfg: LlamaConfig) -> dict[str, tuple[str, Callable, Callable]]:
     """Our block param -> (HF suffix, hf_to_ours, ours_to_hf)."""
-    D, H, G, K, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     return {
         "attn_norm_D": ("input_layernorm.weight", lambda w: w, lambda w: w),
         "w_q_DHK": ("self_attn.q_proj.weight", lambda w: w.T.reshape(D, H, K), lambda w: w.reshape(D, H * K).T),

@@ -91,7 +91,7 @@ def run_generate(args) -> int:
     import readme_jax
 
     lm = readme_jax.load(args.model)
-    rows, texts_match = [], {}
+    rows = []
     folder = None
     if not args.no_hf:
         folder = tempfile.mkdtemp(prefix="readme-jax-bench-")

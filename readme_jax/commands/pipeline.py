@@ -106,7 +106,6 @@ def run_eval(args) -> int:
     from readme_jax.evaluate import evaluate
     from readme_jax.lm import LM
     from readme_jax.moe_io import is_moe_folder, read_moe_folder
-    from readme_jax.refactor import pruned_mask
     from readme_jax.weights import build_model
 
     workdir = Path(args.workdir)

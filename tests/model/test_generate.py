@@ -1,6 +1,5 @@
 """Generation: greedy == iterated argmax, batching, EOS, sampling knobs, bucketing, bad input."""
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

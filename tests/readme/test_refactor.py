@@ -9,7 +9,7 @@ from flax import nnx
 
 from readme_jax import analysis, oracle, refactor
 from readme_jax.errors import ReadmeJaxError
-from readme_jax.lm import LM, jax_to_numpy
+from readme_jax.lm import jax_to_numpy
 from readme_jax.moe_io import load_moe, mask_name, save_moe
 from readme_jax.profile import ProfileStats, abs_sum_step, profile
 from tests.helpers import tiny_config, tiny_model
