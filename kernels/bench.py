@@ -2,7 +2,7 @@
 
 For each model size and token count it times, on rows already sorted by expert (the sort happens once per
 forward and is shared by all layers, so it is not part of a layer's cost):
-  ours            kernels.expert_mlp(implementation=None): "xla" on CPU, "pallas_gpu" on a GPU
+  ours            kernels.expert_mlp with implementation="xla" on CPU, "pallas_gpu" on a GPU (named, not None)
   ragged_dot      three jax.lax.ragged_dot calls (the reference)
   ragged_dot_mgpu jax's Mosaic GPU ragged_dot (Hopper), where importable and on a GPU
   padded_einsum   tokens in an [E, C, D] buffer with C = the largest group (rounded up to 8), three einsums
