@@ -16,6 +16,8 @@ from readme_jax.errors import ReadmeJaxError
 COMMAND_MODULES = (
     "readme_jax.commands.generate",
     "readme_jax.commands.pipeline",
+    "readme_jax.commands.train",
+    "readme_jax.commands.trace",
     "readme_jax.commands.bench",
     "serve.cli",
 )

@@ -4,7 +4,10 @@ Per domain and batch of held-out blocks:
 1. the dense teacher pass gives dense NLL and every layer's top-k overlap with each expert (oracle);
 2. the MoE runs under oracle routes and under domain-label routes; the pruned-dense baseline (one
    global top-k neuron set per layer, same active width) runs with its single expert;
-3. perplexity = exp(mean next-token NLL) over all predicted tokens of the domain.
+3. with a trained folder (``readme-jax train``), its pre-gating router routes the batch from token ids
+   alone and the tuned MoE runs under those routes (``moe_router``); the router's choices are scored
+   against the oracle (top-1 agreement) and for temporal locality;
+4. perplexity = exp(mean next-token NLL) over all predicted tokens of the domain.
 The per-layer oracle choices are kept for the analysis (transition matrices, mutual information).
 """
 
@@ -28,19 +31,23 @@ class Routes:
     oracle_T: np.ndarray  # summed-over-layers oracle expert
     domain_T: np.ndarray  # domain index of the token's document
     position_T: np.ndarray  # position inside its block (0 starts a new sequence)
+    router_T: np.ndarray | None = None  # the trained router's expert, when a trained folder was evaluated
 
     def save(self, path):
-        np.savez(path, **dataclasses.asdict(self))
+        np.savez(path, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
 
     @classmethod
     def load(cls, path):
         data = np.load(path)
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str, np.ndarray],
-             batch_size: int = 4, progress: bool = True):
-    """(report dict, Routes). ``blocks``: held-out [n, L] per domain, in expert order."""
+             batch_size: int = 4, progress: bool = True, trained=None):
+    """(report dict, Routes). ``blocks``: held-out [n, L] per domain, in expert order.
+
+    ``trained``: None, or a ``MoELM`` with a router (the output of ``readme-jax train``) sharing the masks.
+    """
     from readme_jax.lm import jax_to_numpy
 
     cfg = lm.cfg
@@ -49,8 +56,9 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     moe = nnx.split(build_moe(cfg, dense_pure, masks_NEF, "masked", domains))
     pruned = nnx.split(build_moe(cfg, dense_pure, pruned_N1F, "masked", ["pruned"]))
     k = int(masks_NEF[0, 0].sum())
-    nll = {name: {} for name in ("dense", "pruned_dense", "moe_oracle", "moe_domain")}
-    records = {"layer": [], "oracle": [], "domain": [], "position": []}
+    names = ("dense", "pruned_dense", "moe_oracle", "moe_domain") + (("moe_router",) if trained else ())
+    nll = {name: {} for name in names}
+    records = {"layer": [], "oracle": [], "domain": [], "position": [], "router": []}
     total = sum(len(b) for b in blocks.values())
     bar = tqdm(total=total, desc="evaluating", unit="block", disable=not progress)
     t0, n_tok = time.perf_counter(), 0
@@ -71,6 +79,10 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
                 "moe_domain": oracle.routed_nll(*moe, batch, domain_ch),
                 "pruned_dense": oracle.routed_nll(*pruned, batch, np.zeros_like(domain_ch)),
             }
+            if trained is not None:
+                router_ch = trained.route(batch)
+                results["moe_router"] = oracle.routed_nll(trained.graphdef, trained.state, batch, router_ch)
+                records["router"].append(router_ch[:n].reshape(-1))
             for key, value in results.items():
                 sums[key] += float(np.asarray(value)[:n].astype(np.float64).sum())
             count += n * (batch.shape[1] - 1)
@@ -96,9 +108,21 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
                          "moe_unique": moe_cfg.total_params(duplicated=False)},
         "tokens_per_domain": {name: int(blocks[name].size) for name in domains},
         "domains": domains,
-        "eval_tokens_per_s": n_tok * 4 / (time.perf_counter() - t0),
+        "eval_tokens_per_s": n_tok * len(names) / (time.perf_counter() - t0),
     }
-    routes = Routes(layer_choice_NT=np.concatenate(records["layer"], axis=1),
-                    oracle_T=np.concatenate(records["oracle"]), domain_T=np.concatenate(records["domain"]),
-                    position_T=np.concatenate(records["position"]))
+    domain_T, oracle_T = np.concatenate(records["domain"]), np.concatenate(records["oracle"])
+    router_T = np.concatenate(records["router"]) if trained is not None else None
+    if router_T is not None:
+        from readme_jax.analysis import temporal
+
+        position_T = np.concatenate(records["position"])
+        agree = router_T == oracle_T
+        report["router"] = {
+            "accuracy_vs_oracle": float(agree.mean()),
+            "accuracy_vs_oracle_per_domain": {d: float(agree[domain_T == i].mean()) for i, d in enumerate(domains)},
+            "temporal_locality": float(temporal(router_T, position_T, max_distance=1)[0]),
+            "oracle_temporal_locality": float(temporal(oracle_T, position_T, max_distance=1)[0]),
+        }
+    routes = Routes(layer_choice_NT=np.concatenate(records["layer"], axis=1), oracle_T=oracle_T, domain_T=domain_T,
+                    position_T=np.concatenate(records["position"]), router_T=router_T)
     return report, routes

@@ -8,6 +8,11 @@
 
 Left padding puts every prompt's last token in slot P-1, so all sequences of a batch write decode
 step t into the same slot P+t while their RoPE positions (real token counts) differ.
+
+A Read-ME MoE generates with its pre-gating router inside the same programs (``router`` =
+(router_graphdef, router_state), static graphdef): the router runs over the prompt into its own KV cache,
+and each sampled token is routed one step ahead of the backbone with the router's cached decode, so the
+expert of every token is known before the backbone touches it (the serving property of the paper).
 """
 
 from functools import partial
@@ -30,25 +35,48 @@ def prompt_positions(valid_BP):
     return jnp.maximum(jnp.cumsum(valid_BP.astype(jnp.int32), axis=1) - 1, 0)
 
 
-@partial(jax.jit, static_argnums=(0, 4))
-def prefill(graphdef, state, tokens_BP, valid_BP, cache_len: int, route=None):
-    """Returns (logits of the last slot [B, V], cache, kv_valid [B, S], lengths [B])."""
+def _router_step(router, router_state, tokens_BL, pos_BL, kv_valid_BS, router_cache, write_index):
+    """Expert ids [B, L] for new tokens and the router's updated cache (None, None without a router)."""
+    if router is None:
+        return None, None
+    r = nnx.merge(router, router_state)
+    x_BLD, router_cache = r.hidden(tokens_BL, pos_BL, kv_valid_BS, router_cache, write_index)
+    return jnp.argmax(r.head(x_BLD), axis=-1).astype(jnp.int32), router_cache
+
+
+@partial(jax.jit, static_argnums=(0, 4, 6))
+def prefill(graphdef, state, tokens_BP, valid_BP, cache_len: int, route=None, router=None, router_state=None):
+    """Returns (logits of the last slot [B, V], cache, kv_valid [B, S], lengths [B]).
+
+    With ``router`` (a router graphdef; ``router_state`` its state) the cache is the pair (backbone cache,
+    router cache) and the prompt's routes come from the router.
+    """
     model = nnx.merge(graphdef, state)
     B, P = tokens_BP.shape
     cache = init_cache(model.cfg, B, cache_len)
     kv_valid_BS = jnp.zeros((B, cache_len), bool).at[:, :P].set(valid_BP)
-    x_BPD, cache = model.hidden(tokens_BP, prompt_positions(valid_BP), kv_valid_BS, cache, 0, route)
+    pos_BP = prompt_positions(valid_BP)
+    if router is not None:
+        from readme_jax.router import init_cache as init_router_cache
+
+        r_cfg = nnx.merge(router, router_state).cfg
+        route, router_cache = _router_step(router, router_state, tokens_BP, pos_BP, kv_valid_BS,
+                                           init_router_cache(r_cfg, B, cache_len), 0)
+    x_BPD, cache = model.hidden(tokens_BP, pos_BP, kv_valid_BS, cache, 0, route)
+    if router is not None:
+        cache = (cache, router_cache)
     logits_BV = model.head(x_BPD[:, -1:, :])[:, 0, :]
     return logits_BV, cache, kv_valid_BS, jnp.sum(valid_BP, axis=1).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnums=(0, 9, 10))
+@partial(jax.jit, static_argnums=(0, 9, 10, 13))
 def decode(graphdef, state, logits_BV, cache, kv_valid_BS, lengths_B, key, sampling, max_new,
-           max_new_bucket: int, greedy: bool, eos_ids=None, done_B=None):
+           max_new_bucket: int, greedy: bool, eos_ids=None, done_B=None, router=None, router_state=None):
     """Sample up to ``max_new`` tokens per sequence; returns (tokens [B, max_new_bucket], counts [B]).
 
     ``sampling`` = (temperature, top_k, top_p) traced scalars; ``eos_ids`` an int array (may be empty);
-    ``done_B`` marks rows that must not generate (batch padding). Unused slots hold -1.
+    ``done_B`` marks rows that must not generate (batch padding). Unused slots hold -1. With ``router``,
+    ``cache`` is prefill's (backbone cache, router cache) pair.
     """
     model = nnx.merge(graphdef, state)
     temperature, top_k, top_p = sampling
@@ -78,7 +106,14 @@ def decode(graphdef, state, logits_BV, cache, kv_valid_BS, lengths_B, key, sampl
         slot = P + t - 1  # the token sampled at step t-1 goes into slot P+t-1
         kv_valid_BS = jax.lax.dynamic_update_slice(kv_valid_BS, jnp.ones((B, 1), bool), (0, slot))
         pos_B1 = (lengths_B + t - 1)[:, None]
-        x_B1D, cache = model.hidden(jnp.maximum(tok_B, 0)[:, None], pos_B1, kv_valid_BS, cache, slot)
+        tok_B1 = jnp.maximum(tok_B, 0)[:, None]
+        if router is None:
+            x_B1D, cache = model.hidden(tok_B1, pos_B1, kv_valid_BS, cache, slot)
+        else:  # pre-gate the token, then run the backbone with that expert
+            route_B1, router_cache = _router_step(router, router_state, tok_B1, pos_B1, kv_valid_BS, cache[1],
+                                                  slot)
+            x_B1D, backbone_cache = model.hidden(tok_B1, pos_B1, kv_valid_BS, cache[0], slot, route_B1)
+            cache = (backbone_cache, router_cache)
         logits_BV = model.head(x_B1D)[:, 0, :]
         key, out_BM, done_B, counts_B, tok_B = emit(t, logits_BV, key, out_BM, done_B, counts_B)
         return t + 1, tok_B, cache, kv_valid_BS, key, done_B, out_BM, counts_B

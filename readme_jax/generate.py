@@ -56,8 +56,12 @@ def left_pad(prompts: list[list[int]], width: int, batch: int, pad_id: int):
 
 
 def generate_ids(graphdef, state, cfg, prompts: list[list[int]], params: SamplingParams,
-                 eos_ids=(), pad_id: int = 0, timings: dict | None = None) -> list[list[int]]:
-    """Generated ids per prompt (EOS included when reached). ``timings`` receives prefill/decode seconds."""
+                 eos_ids=(), pad_id: int = 0, timings: dict | None = None, router=None) -> list[list[int]]:
+    """Generated ids per prompt (EOS included when reached). ``timings`` receives prefill/decode seconds.
+
+    ``router``: (router_graphdef, router_state) of a Read-ME MoE's pre-gating router, or None (dense).
+    """
+    router_gd, router_state = router if router is not None else (None, None)
     import time
 
     if not prompts:
@@ -77,14 +81,15 @@ def generate_ids(graphdef, state, cfg, prompts: list[list[int]], params: Samplin
     done = np.arange(B) >= len(prompts)  # batch-padding rows never generate
     sampling = (jnp.float32(params.temperature), jnp.int32(params.top_k or 0), jnp.float32(params.top_p or 1.0))
     t0 = time.perf_counter()
-    logits, cache, kv_valid, lengths = functional.prefill(graphdef, state, tokens, valid, P + M)
+    logits, cache, kv_valid, lengths = functional.prefill(graphdef, state, tokens, valid, P + M, None, router_gd,
+                                                          router_state)
     if timings is not None:
         logits.block_until_ready()
         t1 = time.perf_counter()
     out, counts = functional.decode(graphdef, state, logits, cache, kv_valid, lengths,
                                     jax.random.key(params.seed), sampling, jnp.int32(params.max_new_tokens),
                                     M, params.temperature == 0.0, jnp.asarray(eos_ids or (), jnp.int32),
-                                    jnp.asarray(done))
+                                    jnp.asarray(done), router_gd, router_state)
     out, counts = np.asarray(out), np.asarray(counts)
     if timings is not None:
         timings["prefill_s"] = t1 - t0

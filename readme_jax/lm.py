@@ -78,11 +78,23 @@ class LM:
 
 
 class MoELM(LM):
-    """A Read-ME MoE: ``logits`` takes the expert ids [B, T] (one expert per token, every layer)."""
+    """A Read-ME MoE: ``logits`` takes the expert ids [B, T] (one expert per token, every layer), or
+    pre-gates them with the folder's trained router when it has one."""
 
-    def __init__(self, model, tokenizer, source: str = "", masks_NEF=None):
+    def __init__(self, model, tokenizer, source: str = "", masks_NEF=None, router=None):
         super().__init__(model, tokenizer, source)
         self.masks_NEF = masks_NEF
+        self.router = router  # readme_jax.router.Router or None
+        self.router_graphdef, self.router_state = nnx.split(router) if router is not None else (None, None)
+
+    def route(self, ids_BT) -> np.ndarray:
+        """Expert ids [B, T] from the pre-gating router (token ids only, causal)."""
+        from readme_jax.router import route
+
+        if self.router is None:
+            raise ReadmeJaxError(f"{self.source}: this MoE has no trained router (run `readme-jax train`)")
+        ids = jnp.asarray(np.atleast_2d(np.asarray(ids_BT)), jnp.int32)
+        return np.asarray(route(self.router_graphdef, self.router_state, ids).argmax(-1), np.int32)
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -90,8 +102,11 @@ class MoELM(LM):
 
     def logits(self, ids_BT, expert_ids_BT=None) -> np.ndarray:
         ids = np.atleast_2d(np.asarray(ids_BT))
+        if expert_ids_BT is None and self.router is not None:
+            expert_ids_BT = self.route(ids)
         if expert_ids_BT is None:
-            raise ReadmeJaxError("a MoE model needs expert ids [B, T] for each token (expert_ids_BT=...)")
+            raise ReadmeJaxError("a MoE model without a trained router needs expert ids [B, T] for each token "
+                                 "(expert_ids_BT=...)")
         experts = np.broadcast_to(np.asarray(expert_ids_BT), ids.shape)
         if experts.min() < 0 or experts.max() >= self.cfg.n_experts:
             raise ReadmeJaxError(f"expert ids must be in [0, {self.cfg.n_experts}), got "
@@ -100,8 +115,16 @@ class MoELM(LM):
                                              jnp.asarray(experts, jnp.int32)), np.float32)
 
     def generate_ids(self, prompts, params, timings=None):
-        raise ReadmeJaxError("generation with the MoE needs a trained router (see the training issue); "
-                             "use logits(ids, expert_ids) meanwhile")
+        if self.router is None:
+            raise ReadmeJaxError(f"{self.source}: generating with a MoE needs its trained router (run "
+                                 "`readme-jax train`); without one, use logits(ids, expert_ids)")
+        longest = max((len(p) for p in prompts), default=0) + params.max_new_tokens
+        if longest > self.router.cfg.max_seq_len:
+            raise ReadmeJaxError(f"a prompt plus max_new_tokens needs {longest} positions; the router's context "
+                                 f"is {self.router.cfg.max_seq_len}")
+        return generate_ids(self.graphdef, self.state, self.cfg, prompts, params, eos_ids=self.eos_ids,
+                            pad_id=self.tokenizer.pad_id, timings=timings,
+                            router=(self.router_graphdef, self.router_state))
 
     def save_pretrained(self, folder):
         raise ReadmeJaxError("save a MoE with `readme-jax refactor` (readme_jax.moe_io.save_moe)")
@@ -116,7 +139,8 @@ def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, f
 
     ``form`` picks the MoE representation ("masked" or "sliced") when the folder holds a MoE.
     """
-    from readme_jax import gguf_import, hf_import, moe_io, tokenizer as tok
+    from readme_jax import gguf_import, hf_import, moe_io
+    from readme_jax import tokenizer as tok
 
     t0 = time.perf_counter()
     if spec == "default":
@@ -129,8 +153,8 @@ def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, f
             raise ReadmeJaxError(f"{spec}: no such file or folder (expected 'default', a .gguf file or an "
                                  "HF checkpoint folder)")
     if path.is_dir() and moe_io.is_moe_folder(path):
-        model, tokenizer, masks_NEF = moe_io.load_moe(path, dtype=dtype, form=form)
-        return MoELM(model, tokenizer, source=str(path), masks_NEF=masks_NEF)
+        model, tokenizer, masks_NEF, router = moe_io.load_moe(path, dtype=dtype, form=form)
+        return MoELM(model, tokenizer, source=str(path), masks_NEF=masks_NEF, router=router)
     if path.is_file():
         gf, cfg, get, has = gguf_import.load_gguf(path, dtype=dtype)
         tokenizer = tok.from_gguf(gf)

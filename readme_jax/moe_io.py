@@ -5,6 +5,8 @@
 * ``model.safetensors``: the dense tensors under HF names (the masked form is canonical: shared
   neurons stored once) plus ``readme_moe.layers.{n}.expert_mask`` uint8 [E, F] per layer.
 * tokenizer files, and ``refactor_report.json`` (permanent sizes, overlaps).
+* once trained, the pre-gating router: tensors ``readme_router.<path>`` (its NNX state paths joined by
+  dots) in the same safetensors file and its ``RouterConfig`` under ``readme_moe.router``.
 
 Written into a temporary sibling folder and renamed into place, so a partial folder never looks complete.
 """
@@ -17,6 +19,7 @@ import numpy as np
 from readme_jax.errors import ReadmeJaxError
 
 MOE_KEY = "readme_moe"
+ROUTER_PREFIX = "readme_router."
 
 
 def mask_name(n: int) -> str:
@@ -35,7 +38,10 @@ def is_moe_folder(folder: Path) -> bool:
 
 
 def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, domains, keep_ratio: float,
-             tokenizer, report: dict | None = None, pruned_N1F: np.ndarray | None = None):
+             tokenizer, report: dict | None = None, pruned_N1F: np.ndarray | None = None, router=None):
+    """Write a Read-ME folder; ``router`` is None or (RouterConfig, pure state dict of numpy arrays)."""
+    import dataclasses
+
     from readme_jax.hf_import import save_hf
     from readme_jax.weights import pure_to_hf
 
@@ -46,10 +52,60 @@ def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, d
             tensors[pruned_name(n)] = pruned_N1F[n].astype(np.uint8)
     extra = {MOE_KEY: {"n_experts": int(masks_NEF.shape[1]), "expert_width": int(masks_NEF[0, 0].sum()),
                        "keep_ratio": keep_ratio, "domains": list(domains), "format": 1}}
+    if router is not None:
+        router_cfg, router_pure = router
+        if router_cfg.n_experts != masks_NEF.shape[1]:
+            raise ReadmeJaxError(f"router has {router_cfg.n_experts} experts, the masks {masks_NEF.shape[1]}")
+        for path, array in _flatten(router_pure).items():
+            tensors[ROUTER_PREFIX + path] = np.asarray(array)
+        extra[MOE_KEY]["router"] = dataclasses.asdict(router_cfg)
     folder = save_hf(folder, dense_cfg, tensors, tokenizer=tokenizer, extra_config=extra)
     if report is not None:
         (folder / "refactor_report.json").write_text(json.dumps(report, indent=2))
     return folder
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out.update(_flatten(value, path + ".") if isinstance(value, dict) else {path: value})
+    return out
+
+
+def _read_router(folder: Path, fields: dict, get, has):
+    """(RouterConfig, pure dict) from the folder, or None when it holds no trained router."""
+    from flax import nnx
+
+    from readme_jax.router import Router, RouterConfig
+
+    if "router" not in fields:
+        return None
+    try:
+        cfg = RouterConfig(**fields["router"])
+    except TypeError as exc:
+        raise ReadmeJaxError(f"{folder}/config.json: malformed '{MOE_KEY}.router' fields ({exc})") from None
+    abstract = nnx.eval_shape(lambda: Router(cfg, rngs=nnx.Rngs(0)))
+    pure = nnx.to_pure_dict(nnx.state(abstract))
+
+    def fill(tree, prefix=""):
+        out = {}
+        for key, leaf in tree.items():
+            path = f"{prefix}{key}"
+            if isinstance(leaf, dict):
+                out[key] = fill(leaf, path + ".")
+                continue
+            name = ROUTER_PREFIX + path
+            if not has(name):
+                raise ReadmeJaxError(f"{folder}: missing router tensor {name!r}")
+            array = np.asarray(get(name))
+            if array.shape != tuple(leaf.shape):
+                raise ReadmeJaxError(f"{folder}: router tensor {name!r} has shape {array.shape}, "
+                                     f"the config says {tuple(leaf.shape)}")
+            out[key] = array.astype(cfg.dtype)
+        return out
+
+    return cfg, fill(pure)
 
 
 def read_moe_folder(folder: Path, dtype: str = "float32") -> dict:
@@ -81,16 +137,33 @@ def read_moe_folder(folder: Path, dtype: str = "float32") -> dict:
         return np.stack(out)
 
     return {"cfg": cfg, "dense_pure": hf_to_pure(cfg, get, has), "masks_NEF": masks(mask_name, E, "expert mask"),
+            "router": _read_router(folder, fields, get, has),
             "pruned_N1F": masks(pruned_name, 1, "pruned mask") if has(pruned_name(0)) else None,
             "domains": domains, "keep_ratio": keep,
             "tokenizer": tok.from_folder(folder, eos_ids=cfg.eos_ids, bos_id=cfg.bos_id)}
 
 
+def build_router(router_cfg, router_pure):
+    """A Router module from its config and pure state dict."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from readme_jax.router import Router
+
+    router = nnx.eval_shape(lambda: Router(router_cfg, rngs=nnx.Rngs(0)))
+    state = nnx.state(router)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, router_cfg.dtype), router_pure))
+    nnx.update(router, state)
+    return router
+
+
 def load_moe(folder: Path, dtype: str = "float32", form: str = "masked", kernel: str | None = None):
-    """(MoE model, tokenizer, masks_NEF) from a Read-ME folder."""
+    """(MoE model, tokenizer, masks_NEF, router or None) from a Read-ME folder."""
     from readme_jax.refactor import build_moe
 
     parts = read_moe_folder(folder, dtype)
     model = build_moe(parts["cfg"], parts["dense_pure"], parts["masks_NEF"], form=form, domains=parts["domains"],
                       keep_ratio=parts["keep_ratio"], kernel=kernel)
-    return model, parts["tokenizer"], parts["masks_NEF"]
+    router = None if parts["router"] is None else build_router(*parts["router"])
+    return model, parts["tokenizer"], parts["masks_NEF"], router

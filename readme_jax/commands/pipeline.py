@@ -36,6 +36,9 @@ def register(sub):
 
     p = sub.add_parser("eval", help="held-out perplexity per domain: dense, pruned-dense, MoE variants")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trained", default=None,
+                   help="a trained Read-ME folder to add as moe_router (default: <workdir>/moe_trained when present; "
+                        "'none' to skip)")
     _common(p, blocks=4)
     p.set_defaults(func=run_eval)
 
@@ -116,10 +119,13 @@ def run_eval(args) -> int:
     lm = LM(build_model(parts["cfg"], parts["dense_pure"]), parts["tokenizer"], source=str(folder))
     if parts["pruned_N1F"] is None:
         raise ReadmeJaxError(f"{folder}: no pruned-dense masks (written by `readme-jax refactor`)")
+    trained = _trained_folder(args, workdir, parts)
     domains = select_domains(parts["domains"])
     blocks = domain_blocks(lm.tokenizer, domains, "heldout", args.block_len, args.blocks, args.doc_chars)
     report, routes = evaluate(lm, parts["masks_NEF"], parts["pruned_N1F"], blocks, batch_size=args.batch_size,
-                              progress=not args.json)
+                              progress=not args.json, trained=trained)
+    if trained is not None:
+        report["trained_folder"] = trained.source
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
@@ -134,11 +140,42 @@ def run_eval(args) -> int:
     print("|" + "---|" * (len(names) + 1))
     for d in report["domains"]:
         print(f"| {d:<13}| " + " | ".join(f"{ppl[n][d]:12.2f}" for n in names) + " |")
+    if "router" in report:
+        r = report["router"]
+        print(f"trained router ({report['trained_folder']}): top-1 agreement with the oracle "
+              f"{100 * r['accuracy_vs_oracle']:.1f}% (" + ", ".join(
+                  f"{d} {100 * v:.0f}%" for d, v in r["accuracy_vs_oracle_per_domain"].items())
+              + f"); temporal locality {100 * r['temporal_locality']:.1f}% (oracle "
+              f"{100 * r['oracle_temporal_locality']:.1f}%)")
     act, tot = report["active_params"], report["total_params"]
     print(f"active params: dense {act['dense'] / 1e6:.1f}M, MoE/pruned {act['moe'] / 1e6:.1f}M; "
           f"MoE total {tot['moe'] / 1e6:.1f}M ({tot['moe_unique'] / 1e6:.1f}M unique)")
     print(f"wrote {out / 'eval.json'}")
     return 0
+
+
+def _trained_folder(args, workdir: Path, parts):
+    """The trained MoE (an MoELM with a router) to evaluate beside the baselines, or None."""
+    import numpy as np
+
+    import readme_jax
+    from readme_jax.moe_io import is_moe_folder
+
+    if args.trained == "none":
+        return None
+    path = Path(args.trained) if args.trained else workdir / "moe_trained"
+    if not is_moe_folder(path):
+        if args.trained:
+            raise ReadmeJaxError(f"{path}: no Read-ME MoE folder (from `readme-jax train`)")
+        return None
+    trained = readme_jax.load(str(path))
+    if trained.router is None:
+        raise ReadmeJaxError(f"{path}: this MoE folder has no trained router")
+    if trained.masks_NEF.shape != parts["masks_NEF"].shape or not np.array_equal(trained.masks_NEF,
+                                                                                  parts["masks_NEF"]):
+        raise ReadmeJaxError(f"{path}: its expert masks differ from {workdir / 'moe'}'s; it was trained from "
+                             "another refactoring")
+    return trained
 
 
 def run_analyze(args) -> int:

@@ -1,0 +1,127 @@
+"""Training configuration: one frozen dataclass, three presets, ``key=value`` overrides.
+
+* ``paper``: Table 2 of the paper for Llama-2-7B (8 rounds of 100 router + 200 expert steps, batch 64 / 128,
+  4096 tokens, lr 5e-4 / 5e-5, cosine within a round, x0.8 per round, weight decay 0.01, bf16).
+* ``default``: the embedded SmolLM2-135M on a 2-core CPU in minutes (short blocks, few steps, larger
+  learning rates because there are few steps).
+* ``tiny``: the test suite's random tiny models.
+"""
+
+import dataclasses
+import typing
+
+from readme_jax.errors import ReadmeJaxError
+from train.losses import DISTILL_FORMS, KL_DIRECTIONS
+
+TEACHERS = ("dense", "previous")  # the original dense model, or the previous round's backbone run dense
+EXPERT_PARAMS = ("experts", "all")  # expert stage trains the MLPs only, or every non-router parameter
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "default"
+    rounds: int = 2
+    router_steps: int = 40
+    expert_steps: int = 20
+    router_batch: int = 8  # sequences per optimizer step
+    expert_batch: int = 8
+    micro_batch: int = 4  # sequences per forward; batch / micro_batch = gradient-accumulation steps
+    seq_len: int = 256
+    router_lr: float = 1e-3
+    expert_lr: float = 1e-4
+    round_decay: float = 0.8  # lr multiplier per round (exponential across rounds)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    distill: str = "paper"
+    kl_tau: float = 0.02
+    kl_direction: str = "target_router"
+    teacher: str = "dense"
+    expert_params: str = "all"
+    compute_dtype: str = "float32"
+    router_mlp: str = "silu"
+    router_d_model: int = 0  # 0: the largest width within the 2% cost budget (RouterConfig.for_backbone)
+    mesh: str = "data=-1"  # axis sizes of the (data, fsdp, tensor) mesh; -1: the remaining devices
+    devices: int = 0  # use the first N devices (0: all)
+    blocks_per_domain: int = 48  # training blocks read per domain (train split)
+    doc_chars: int = 2048  # characters kept per document (many short excerpts generalise better)
+    save_every: int = 20
+    max_to_keep: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ("rounds", "router_batch", "expert_batch", "micro_batch", "seq_len", "save_every",
+                    "max_to_keep", "blocks_per_domain")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ReadmeJaxError(f"train config: {name}={getattr(self, name)} must be positive")
+        for name in ("router_steps", "expert_steps", "router_d_model", "doc_chars", "devices"):
+            if getattr(self, name) < 0:
+                raise ReadmeJaxError(f"train config: {name}={getattr(self, name)} must be >= 0")
+        for name in ("router_batch", "expert_batch"):
+            if getattr(self, name) % self.micro_batch:
+                raise ReadmeJaxError(f"train config: {name}={getattr(self, name)} is not a multiple of "
+                                     f"micro_batch={self.micro_batch}")
+        choices = {"distill": DISTILL_FORMS, "kl_direction": KL_DIRECTIONS, "teacher": TEACHERS,
+                   "expert_params": EXPERT_PARAMS, "compute_dtype": COMPUTE_DTYPES, "router_mlp": ("silu", "swiglu")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ReadmeJaxError(f"train config: {name}={getattr(self, name)!r} not one of {allowed}")
+        if self.router_lr <= 0 or self.expert_lr < 0 or not 0 < self.round_decay <= 1 or self.kl_tau <= 0:
+            raise ReadmeJaxError("train config: router_lr and kl_tau must be > 0, expert_lr >= 0, "
+                                 "round_decay in (0, 1]")
+        if self.seq_len < 2:
+            raise ReadmeJaxError(f"train config: seq_len={self.seq_len} must be >= 2")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def accumulation(self, stage: str) -> int:
+        return (self.router_batch if stage == "router" else self.expert_batch) // self.micro_batch
+
+    def fingerprint(self) -> dict:
+        """What a checkpoint must agree on to be resumed (shapes and the data stream)."""
+        keys = ("seq_len", "micro_batch", "router_batch", "expert_batch", "router_mlp", "router_d_model",
+                "blocks_per_domain", "doc_chars", "seed", "compute_dtype", "rounds", "router_steps", "expert_steps")
+        return {k: getattr(self, k) for k in keys}
+
+
+PRESETS = {
+    "paper": TrainConfig(preset="paper", rounds=8, router_steps=100, expert_steps=200, router_batch=64,
+                         expert_batch=128, micro_batch=8, seq_len=4096, router_lr=5e-4, expert_lr=5e-5,
+                         kl_tau=0.02, teacher="dense", expert_params="experts", compute_dtype="bfloat16",
+                         blocks_per_domain=4096, doc_chars=0, save_every=50, max_to_keep=3),
+    "default": TrainConfig(),
+    "tiny": TrainConfig(preset="tiny", rounds=2, router_steps=3, expert_steps=2, router_batch=8, expert_batch=8,
+                        micro_batch=4, seq_len=16, router_lr=1e-2, expert_lr=1e-3, blocks_per_domain=6,
+                        doc_chars=0, save_every=2, router_d_model=16),
+}
+
+
+def _coerce(name: str, hint, text: str):
+    try:
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        return hint(text)
+    except ValueError:
+        raise ReadmeJaxError(f"override {name}={text!r}: not a valid {hint.__name__}") from None
+
+
+def make_config(preset: str = "default", overrides=()) -> TrainConfig:
+    """A preset with ``key=value`` overrides applied; unknown presets and keys are named in the error."""
+    if preset not in PRESETS:
+        raise ReadmeJaxError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    hints = typing.get_type_hints(TrainConfig)
+    changes = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ReadmeJaxError(f"override {item!r} must look like key=value")
+        if name not in hints or name == "preset":
+            valid = ", ".join(k for k in hints if k != "preset")
+            raise ReadmeJaxError(f"unknown override key {name!r}; valid keys: {valid}")
+        changes[name] = _coerce(name, hints[name], value.strip())
+    return PRESETS[preset].replace(**changes)

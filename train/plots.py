@@ -1,0 +1,43 @@
+"""Loss curves from the metrics log: router distillation loss and accuracy, expert LM loss."""
+
+import json
+from pathlib import Path
+
+
+def plot_metrics(metrics_path: Path, out_png: Path) -> Path:
+    """Write a PNG with one panel per stage (router: loss + accuracy vs oracle; expert: LM loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    router = [r for r in rows if r["stage"] == "router"]
+    expert = [r for r in rows if r["stage"] == "expert"]
+    ax = axes[0]
+    ax.plot([r["global_step"] for r in router], [r["loss"] for r in router], ".-", color="tab:blue", ms=3)
+    ax.set_xlabel("global step")
+    ax.set_ylabel("distillation loss", color="tab:blue")
+    ax.set_title("router stages")
+    twin = ax.twinx()
+    twin.plot([r["global_step"] for r in router], [r["router_acc"] for r in router], ".-", color="tab:orange", ms=3)
+    twin.set_ylabel("top-1 agreement with oracle", color="tab:orange")
+    twin.set_ylim(0, 1)
+    ax = axes[1]
+    ax.plot([r["global_step"] for r in expert], [r["loss"] for r in expert], ".-", color="tab:green", ms=3)
+    ax.set_xlabel("global step")
+    ax.set_ylabel("LM loss (nats/token)")
+    ax.set_title("expert stages")
+    for r in rows:  # round boundaries
+        if r["step"] == 1 and r["stage"] == "router" and r["round"] > 0:
+            for a in axes:
+                a.axvline(r["global_step"] - 0.5, color="grey", lw=0.5, ls="--")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
