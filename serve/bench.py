@@ -1,12 +1,18 @@
 """The two serving benchmarks behind ``readme-jax bench-cache`` and ``readme-jax bench-sched``.
 
 bench-cache (Table 4 style):
-1. Simulate the workload once with every expert resident and one batching policy, recording each iteration's
-   distinct experts and when they were pre-gated (``SimResult.stream``).
-2. Replay that one stream through every (capacity, policy) pair (``serve.cache_replay``). ``belady`` sees only
+1. Simulate the workload with one batching policy, recording each iteration's distinct experts and when they
+   were pre-gated (``SimResult.stream``). Regime ``resident``: once, with every expert resident. Regime
+   ``memory-limited``: once per capacity, with a cache of that capacity (Belady) in the loop. The cache decides
+   how long iterations take, hence how much work piles up and which batches the policy forms, so a stream
+   recorded with every expert resident is not the one a memory-limited server replays.
+2. Replay each stream through every policy at its capacity (``serve.cache_replay``). ``belady`` sees only
    pre-gated work (optionally within a window of iterations); ``belady-offline`` sees the whole recorded future
    and is the optimum any policy could reach on this stream.
-3. Report hit ratio and bytes moved per pair.
+3. Memory-limited only: also simulate the server with each online policy in the loop ("closed loop"). Its hit
+   ratio is what that policy would get serving the workload, with the simulator's own lookahead for Belady
+   (``serve.simulate.QueueLookahead``), which knows only the pending work and not the recorded future order.
+4. Report hit ratio and bytes moved per (capacity, policy).
 
 bench-sched:
 1. For every arrival rate, draw the workload (same seed) or take the trace, and simulate it under every
@@ -16,14 +22,18 @@ bench-sched:
 """
 
 import dataclasses
+import math
 import time
 
 from serve.cache_replay import replay
+from serve.expert_cache import CacheConfig
 from serve.metrics import summarize
 from serve.scheduler import SchedulerConfig
 from serve.simulate import SimConfig, simulate
+from serve.types import ServeError
 
 CACHE_COLUMNS = ("random", "fifo", "lru", "lfu", "belady", "belady-offline")
+REGIMES = ("resident", "memory-limited")
 
 
 def run_cache_bench(
@@ -36,20 +46,37 @@ def run_cache_bench(
     unit: str = "expert",
     window_steps: int | None = None,
     seed: int = 0,
+    regime: str = "resident",
 ) -> dict:
-    """Steps 1-3 of bench-cache; returns a JSON-serializable dict."""
-    started = time.perf_counter()
-    run = simulate(specs, num_experts, SimConfig(scheduler, cost, None, "layer", record_accesses=True))
-    simulate_s = time.perf_counter() - started
-    stream = run.stream
+    """Steps 1-4 of bench-cache; returns a JSON-serializable dict."""
+    if regime not in REGIMES:
+        raise ServeError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
     key_bytes = cost.slice_bytes * (1 if unit == "slice" else cost.num_layers)
+    keys_per_expert = cost.num_layers if unit == "slice" else 1  # a slice access per layer
+    record_s = 0.0
+    recorded = None
     rows = []
     for capacity in capacities:
-        row = {"capacity": capacity, "policies": {}}
-        for column in policies:
+        cache = None
+        if regime == "memory-limited":
+            cache = CacheConfig(num_experts, cost.num_layers, capacity, unit, "belady", seed)
+        if recorded is None or cache is not None:  # step 1: the resident stream is recorded once
+            started = time.perf_counter()
+            run = simulate(specs, num_experts, SimConfig(scheduler, cost, cache, "layer", record_accesses=True))
+            record_s += time.perf_counter() - started
+            recorded = (run, summarize(run))
+        run, summary = recorded
+        row = {
+            "capacity": capacity,
+            "iterations": run.num_iterations,
+            "accesses_per_iteration": summary["unique_experts_per_batch"] * keys_per_expert,
+            "tokens_per_batch": summary["tokens_per_batch"],
+            "policies": {},
+        }
+        for column in policies:  # step 2
             policy = "belady" if column.startswith("belady") else column
             counters = replay(
-                stream,
+                run.stream,
                 capacity,
                 policy,
                 unit=unit,
@@ -60,17 +87,29 @@ def run_cache_bench(
                 seed=seed,
             )
             row["policies"][column] = counters.as_dict()
+        if cache is not None:  # step 3
+            row["closed_loop"] = {}
+            for column in policies:
+                if column == "belady-offline":
+                    continue  # needs the recorded future, which a server in the loop does not have
+                if column == "belady":
+                    counters = run.cache
+                else:
+                    config = SimConfig(scheduler, cost, dataclasses.replace(cache, policy=column), "layer")
+                    counters = simulate(specs, num_experts, config).cache
+                row["closed_loop"][column] = counters.as_dict()
         rows.append(row)
-    summary = summarize(run)
+    first = rows[0] if rows else {"iterations": 0, "accesses_per_iteration": math.nan}
     return {
         "bench": "cache",
+        "regime": regime,
         "unit": unit,
         "batching_policy": scheduler.policy,
         "max_batch_tokens": scheduler.max_batch_tokens,
         "window_steps": window_steps,
-        "iterations": run.num_iterations,
-        "accesses_per_iteration": summary["unique_experts_per_batch"] * (cost.num_layers if unit == "slice" else 1),
-        "record_simulation_s": simulate_s,
+        "iterations": first["iterations"],
+        "accesses_per_iteration": first["accesses_per_iteration"],
+        "record_simulation_s": record_s,
         "rows": rows,
     }
 
@@ -98,26 +137,50 @@ def run_sched_bench(workloads, num_experts: int, policies, scheduler: SchedulerC
 
 
 def format_cache_table(result: dict) -> str:
-    """Two Table-4-style blocks: hit ratio (%) and bytes moved (GB), capacity x policy."""
-    columns = list(result["rows"][0]["policies"]) if result["rows"] else []
+    """Table-4-style blocks, capacity x policy: hit ratio (%) and bytes moved (GB) on the replayed stream, and
+    for the memory-limited regime the hit ratio of each policy serving with the cache in the loop."""
+    rows = result["rows"]
+    columns = list(rows[0]["policies"]) if rows else []
     width = max([len(c) for c in columns] + [8]) + 2
     head = "capacity".ljust(10) + "".join(c.rjust(width) for c in columns)
-    lines = [
-        f"Expert-cache replay: {result['iterations']} iterations of {result['batching_policy']} batching, "
-        f"unit={result['unit']}, {result['accesses_per_iteration']:.2f} accesses per iteration",
-        "",
-        "hit ratio (%)",
-        head,
-    ]
-    for row in result["rows"]:
+    memory_limited = result.get("regime") == "memory-limited"
+    if memory_limited:
+        lines = [
+            f"Expert-cache replay, memory-limited: each capacity's stream recorded with a Belady cache of that "
+            f"capacity in the loop, {result['batching_policy']} batching, unit={result['unit']}",
+            "",
+            "capacity  iterations  accesses/iteration  tokens/batch",
+        ]
+        for row in rows:
+            lines.append(
+                f"{row['capacity']:<9} {row['iterations']:>10} {row['accesses_per_iteration']:>19.2f} "
+                f"{row['tokens_per_batch']:>13.1f}"
+            )
+    else:
+        lines = [
+            f"Expert-cache replay: {result['iterations']} iterations of {result['batching_policy']} batching, "
+            f"unit={result['unit']}, {result['accesses_per_iteration']:.2f} accesses per iteration",
+        ]
+    lines += ["", "hit ratio (%) on the replayed stream", head]
+    for row in rows:
         cells = "".join(f"{100 * row['policies'][c]['hit_ratio']:.2f}".rjust(width) for c in columns)
         lines.append(str(row["capacity"]).ljust(10) + cells)
-    lines += ["", "bytes moved host->device (GB)", head]
-    for row in result["rows"]:
+    lines += ["", "bytes moved host->device (GB) on the replayed stream", head]
+    for row in rows:
         cells = "".join(f"{row['policies'][c]['bytes_moved'] / 1e9:.1f}".rjust(width) for c in columns)
         lines.append(str(row["capacity"]).ljust(10) + cells)
+    if memory_limited:
+        loop_columns = list(rows[0]["closed_loop"]) if rows else []
+        lines += [
+            "",
+            "hit ratio (%) with each policy serving in the loop (Belady sees only pending pre-gated work)",
+            "capacity".ljust(10) + "".join(c.rjust(width) for c in loop_columns),
+        ]
+        for row in rows:
+            cells = "".join(f"{100 * row['closed_loop'][c]['hit_ratio']:.2f}".rjust(width) for c in loop_columns)
+            lines.append(str(row["capacity"]).ljust(10) + cells)
     lines.append("")
-    lines.append(f"(recording simulation took {result['record_simulation_s']:.2f} s)")
+    lines.append(f"(recording simulations took {result['record_simulation_s']:.2f} s)")
     return "\n".join(lines)
 
 
@@ -127,9 +190,12 @@ def format_sched_table(result: dict) -> str:
     header = (
         f"{'rate/s':>7} {'policy':<14} {'experts/b':>9} {'tok/b':>7} {'norm mean':>10} {'norm p95':>9} "
         f"{'ttft p95':>9} {'tpot mean':>9} {'tok/s':>8}" + (f" {'hit %':>6}" if has_cache else "")
-        + f" {'sim s':>6} {'cpu s':>6}"
+        + f" {'growth':>6} {'sim s':>6} {'cpu s':>6}"
     )
-    note = "normalized latency, TTFT and TPOT in ms; sim s / cpu s: wall-clock / CPU seconds of each simulation"
+    note = (
+        "normalized latency, TTFT and TPOT in ms; growth: mean normalized latency of the last quarter of requests "
+        "over the first (well above 1: overloaded); sim s / cpu s: wall-clock / CPU seconds of each simulation"
+    )
     lines = [note, header]
     baseline = {}
     for run in result["runs"]:
@@ -145,7 +211,9 @@ def format_sched_table(result: dict) -> str:
         )
         if has_cache:
             line += f" {100 * run['cache']['hit_ratio']:>6.2f}"
-        lines.append(line + f" {run['simulate_wall_s']:>6.2f} {run['simulate_cpu_s']:>6.2f}")
+        lines.append(
+            line + f" {run['latency_growth']:>6.2f} {run['simulate_wall_s']:>6.2f} {run['simulate_cpu_s']:>6.2f}"
+        )
     if baseline:
         lines += ["", "change against decode-first at the same rate (negative is better)"]
         lines.append(f"{'rate/s':>7} {'policy':<14} {'experts/b':>10} {'norm mean':>10} {'norm p95':>10}")

@@ -20,7 +20,7 @@ from serve.prefetch import PREFETCH_MODES
 from serve.scheduler import POLICIES, SchedulerConfig
 from serve.trace import Trace, TraceHeader, read_trace, write_trace
 from serve.types import ServeError
-from serve.workload import WorkloadConfig, repeat_rate, synthetic_workload
+from serve.workload import WorkloadConfig, mean_rate, repeat_rate, rescale_rate, synthetic_workload
 
 DEFAULT_EXPERTS = 7  # the paper's Llama-2 model (Table 4 uses capacities 2..5 of 7)
 _WORKLOAD = WorkloadConfig()  # defaults of the synthetic workload
@@ -34,7 +34,12 @@ def register(sub) -> None:
         description="Replay one batched expert-access stream through every cache policy and capacity.",
     )
     _add_common(cache, "out/bench-cache.png")
-    cache.add_argument("--rate", type=float, default=None, help="arrival rate of the synthetic workload (default 6)")
+    cache.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="arrival rate of the synthetic workload (default 6); with --trace, the trace's arrivals rescaled to it",
+    )
     cache.add_argument("--batching", default="expert-aware", choices=POLICIES, help="policy that forms the batches")
     cache.add_argument("--capacities", default="2,3,4,5", help="comma-separated capacities (default 2,3,4,5)")
     cache.add_argument(
@@ -44,6 +49,14 @@ def register(sub) -> None:
     )
     cache.add_argument("--unit", default="expert", choices=UNITS, help="capacity in whole experts or layer slices")
     cache.add_argument("--window", default="none", help="Belady lookahead in iterations, or none (all pre-gated work)")
+    cache.add_argument(
+        "--regime",
+        default="resident",
+        choices=bench.REGIMES,
+        help="resident: record the stream with every expert resident; memory-limited: record each capacity's stream "
+        "with a cache of that capacity in the loop (Belady), and also report each policy serving with the cache "
+        "in the loop",
+    )
     cache.set_defaults(func=_bench_cache)
 
     sched = sub.add_parser(
@@ -52,7 +65,11 @@ def register(sub) -> None:
         description="Simulate the workload under every batching policy and compare latency and batch composition.",
     )
     _add_common(sched, "out/bench-sched.png")
-    sched.add_argument("--rates", default=None, help="comma-separated arrival rates (default 6,12,18)")
+    sched.add_argument(
+        "--rates",
+        default=None,
+        help="comma-separated arrival rates (default 6,12,18); with --trace, the trace's arrivals are rescaled to each",
+    )
     sched.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, from {', '.join(POLICIES)}")
     sched.add_argument("--cache-capacity", type=int, default=None, help="expert-cache capacity (default: all resident)")
     sched.add_argument("--cache-policy", default="belady", choices=POLICY_NAMES)
@@ -65,7 +82,9 @@ def register(sub) -> None:
 def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
     work = parser.add_argument_group("workload")
     work.add_argument("--trace", default=None, help="replay this JSONL trace instead of a synthetic workload")
-    work.add_argument("--requests", type=int, default=1000, help="synthetic requests (default 1000)")
+    work.add_argument(
+        "--requests", type=int, default=None, help="synthetic requests (default 1000); with --trace, its first N"
+    )
     work.add_argument("--num-experts", type=int, default=None, help=f"experts E (default {DEFAULT_EXPERTS})")
     work.add_argument("--seed", type=int, default=0)
     work.add_argument("--stay", type=float, default=_WORKLOAD.stay, help="Markov run continuation probability")
@@ -150,23 +169,34 @@ def _cost(args, trace_layers) -> CostModel:
 
 def _workloads(args, rates):
     """[(rate or None, specs)], E, the trace's layer count, and a description of the workload."""
+    if args.requests is not None and args.requests < 1:
+        raise ServeError(f"--requests {args.requests} must be >= 1")
     if args.trace is not None:
-        if rates is not None:
-            raise ServeError("arrival rates come from the trace; drop --rate/--rates when --trace is given")
         if args.save_trace is not None:
             raise ServeError("--save-trace writes a synthetic workload; it cannot be combined with --trace")
         trace = read_trace(args.trace)
         num_experts = trace.header.num_experts
         if args.num_experts is not None and args.num_experts != num_experts:
             raise ServeError(f"--num-experts {args.num_experts} contradicts the trace's num_experts={num_experts}")
-        description = {"trace": str(args.trace), "source": trace.header.source, "requests": len(trace.requests)}
-        return [(None, list(trace.requests))], num_experts, trace.header.num_layers, description
+        specs = list(trace.requests[: args.requests])
+        description = {
+            "trace": str(args.trace),
+            "source": trace.header.source,
+            "requests": len(specs),
+            "trace_rate_per_s": mean_rate(specs),
+        }
+        if rates is None:
+            return [(None, specs)], num_experts, trace.header.num_layers, description
+        # The recorded arrival pattern, stretched in time: one trace serves every load (serve.workload).
+        description["rescaled_to_rates_per_s"] = rates
+        workloads = [(rate, rescale_rate(specs, rate)) for rate in rates]
+        return workloads, num_experts, trace.header.num_layers, description
     num_experts = DEFAULT_EXPERTS if args.num_experts is None else args.num_experts
     workloads = []
     config = None
     for rate in rates:
         config = WorkloadConfig(
-            num_requests=args.requests,
+            num_requests=1000 if args.requests is None else args.requests,
             rate_per_s=rate,
             num_experts=num_experts,
             popularity_skew=args.skew,
@@ -234,7 +264,16 @@ def _bench_cache(args) -> int:
         raise ServeError(f"--window {window} must be >= 0 or none")
     specs = workloads[0][1]
     result = bench.run_cache_bench(
-        specs, num_experts, _scheduler(args, args.batching), cost, capacities, policies, args.unit, window, args.seed
+        specs,
+        num_experts,
+        _scheduler(args, args.batching),
+        cost,
+        capacities,
+        policies,
+        args.unit,
+        window,
+        args.seed,
+        args.regime,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
     return _finish(args, result, _describe(description) + "\n" + bench.format_cache_table(result), plot_cache)
@@ -268,7 +307,14 @@ def _bench_sched(args) -> int:
 
 def _describe(description: dict) -> str:
     if "trace" in description:
-        return f"workload: trace {description['trace']} ({description['requests']} requests)"
+        line = (
+            f"workload: trace {description['trace']} ({description['requests']} requests, "
+            f"{description['trace_rate_per_s']:.3g} requests/s"
+        )
+        if "rescaled_to_rates_per_s" in description:
+            rescaled = ",".join(f"{r:g}" for r in description["rescaled_to_rates_per_s"])
+            line += f", arrivals rescaled to {rescaled} requests/s"
+        return line + f"); python {platform.python_version()}"
     synthetic = description["synthetic"]
     return (
         f"workload: SYNTHETIC Markov experts, {synthetic['num_requests']} requests, E={synthetic['num_experts']}, "

@@ -9,6 +9,12 @@ Per request (times in seconds; M = generated tokens):
 Each is reported as mean, p50, p95 and p99 (linear interpolation between order statistics). Per iteration: the
 mean number of distinct experts and tokens per batch. Throughput: generated tokens (and requests) per second over
 the makespan, from the first arrival to the last finish.
+
+Overload check: ``latency_growth`` = mean normalized latency of the last quarter of requests (in arrival order)
+over that of the first quarter. Near 1 the server keeps up; well above 1 the queue grows during the run, so every
+latency percentile depends on how long the trace is and comparing them across policies says little. It is a
+heuristic: a policy that lets new prefills overtake running decodes spreads an overload over early requests too,
+so its growth rises less than its latencies do.
 """
 
 import math
@@ -42,9 +48,19 @@ def describe(values) -> dict:
     }
 
 
+def latency_growth(normalized_in_arrival_order) -> float:
+    """Mean of the last quarter over the mean of the first quarter (NaN below 4 requests)."""
+    quarter = len(normalized_in_arrival_order) // 4
+    if quarter == 0:
+        return math.nan
+    first = math.fsum(normalized_in_arrival_order[:quarter])
+    last = math.fsum(normalized_in_arrival_order[-quarter:])
+    return last / first if first > 0 else math.nan
+
+
 def summarize(result: SimResult) -> dict:
     """One flat-ish dict of every metric of a run (JSON-serializable)."""
-    ttft, tpot, e2e, normalized = [], [], [], []
+    ttft, tpot, e2e, normalized = [], [], [], []  # in workload (arrival) order
     generated = 0
     max_wait = 0
     for request in result.requests:
@@ -76,6 +92,7 @@ def summarize(result: SimResult) -> dict:
         "tpot_s": describe(tpot),
         "e2e_latency_s": describe(e2e),
         "normalized_latency_s": describe(normalized),
+        "latency_growth": latency_growth(normalized),
     }
     if result.cache is not None:
         summary["cache"] = result.cache.as_dict()

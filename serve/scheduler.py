@@ -183,6 +183,7 @@ class Scheduler:
         self.num_experts = num_experts
         self._policy = _make_policy(config.policy, num_experts)
         self._num_pending = 0
+        self._next_iteration = 0  # the iteration the next batch will most likely be formed at
         # Pending items touching each expert; lets a lookahead stop once it has seen every expert in use.
         self.pending_by_expert = [0] * num_experts
 
@@ -229,6 +230,7 @@ class Scheduler:
 
     def next_batch(self, iteration: int) -> Batch:
         """Form the batch of ``iteration``; it may be empty when nothing is pending."""
+        self._next_iteration = iteration + 1
         budget = self.config.max_batch_tokens
         chosen = []
         bound = self.config.max_wait_iterations
@@ -286,5 +288,26 @@ class Scheduler:
         return budget
 
     def service_order(self) -> Iterator[Request]:
-        """Pending items in the order the policy would serve them if nothing new arrived (the lookahead)."""
-        return self._policy.service_order()
+        """Pending items in the order they would be served if nothing new arrived (the lookahead).
+
+        Step 1 of ``next_batch`` comes first here too: items already overdue at the next iteration, oldest first,
+        then the policy's order without them. Without it, under overload a Belady lookahead would rank the
+        overdue items of small expert queues last although the next batch takes them first.
+        """
+        bound = self.config.max_wait_iterations
+        if bound is None:
+            return self._policy.service_order()
+        ready_limit = self._next_iteration - bound
+        queues = self._policy.queues
+        if not any(q.items and q.items[0].ready_iteration <= ready_limit for q in queues):
+            return self._policy.service_order()
+
+        def overdue(request: Request) -> bool:
+            return request.ready_iteration <= ready_limit
+
+        # Lazy, because the lookahead usually stops after a few items: a queue holds its items in readiness
+        # order, so its overdue items are a prefix, and merging the prefixes gives them oldest first.
+        first = heapq.merge(
+            *(itertools.takewhile(overdue, q.items) for q in queues), key=lambda r: (r.ready_iteration, r.index)
+        )
+        return itertools.chain(first, itertools.filterfalse(overdue, self._policy.service_order()))

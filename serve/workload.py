@@ -141,3 +141,28 @@ def repeat_rate(specs: list[RequestSpec]) -> float:
         total += len(sequence) - 1
         same += sum(1 for a, b in zip(sequence, sequence[1:]) if a == b)
     return same / total if total else math.nan
+
+
+def mean_rate(specs: list[RequestSpec]) -> float:
+    """Arrivals per second of a workload that starts at t = 0: n / (last arrival).
+
+    For a Poisson process started at 0, the n-th arrival is expected at n / rate, so this estimates the rate.
+    """
+    if not specs:
+        raise ServeError("an empty workload has no arrival rate")
+    last = specs[-1].arrival_s
+    if not last > 0.0:
+        raise ServeError(f"every arrival_s is {last}: the workload has no time span, so it has no arrival rate")
+    return len(specs) / last
+
+
+def rescale_rate(specs: list[RequestSpec], rate_per_s: float) -> list[RequestSpec]:
+    """The same requests with arrival times stretched or compressed so that ``mean_rate`` becomes ``rate_per_s``.
+
+    Scaling time keeps the order of arrivals and the shape of the arrival process (a Poisson process stays a
+    Poisson process), so one recorded trace can be replayed at several loads.
+    """
+    if not rate_per_s > 0.0 or math.isinf(rate_per_s):
+        raise ServeError(f"rate_per_s={rate_per_s!r} must be finite and > 0")
+    scale = mean_rate(specs) / rate_per_s
+    return [dataclasses.replace(spec, arrival_s=spec.arrival_s * scale) for spec in specs]

@@ -22,15 +22,16 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 class TrainConfig:
     preset: str = "default"
     rounds: int = 2
-    router_steps: int = 40
+    router_steps: int = 80
     expert_steps: int = 20
     router_batch: int = 8  # sequences per optimizer step
-    expert_batch: int = 8
+    expert_batch: int = 4
     micro_batch: int = 4  # sequences per forward; batch / micro_batch = gradient-accumulation steps
     seq_len: int = 256
     router_lr: float = 1e-3
     expert_lr: float = 1e-4
     round_decay: float = 0.8  # lr multiplier per round (exponential across rounds)
+    warmup_frac: float = 0.1  # linear warm-up over this fraction of each stage (the reference code uses 0)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     distill: str = "paper"
@@ -43,7 +44,7 @@ class TrainConfig:
     router_d_model: int = 0  # 0: the largest width within the 2% cost budget (RouterConfig.for_backbone)
     mesh: str = "data=-1"  # axis sizes of the (data, fsdp, tensor) mesh; -1: the remaining devices
     devices: int = 0  # use the first N devices (0: all)
-    blocks_per_domain: int = 48  # training blocks read per domain (train split)
+    blocks_per_domain: int = 24  # training blocks read per domain (train split)
     doc_chars: int = 2048  # characters kept per document (many short excerpts generalise better)
     save_every: int = 20
     max_to_keep: int = 2
@@ -70,6 +71,8 @@ class TrainConfig:
         if self.router_lr <= 0 or self.expert_lr < 0 or not 0 < self.round_decay <= 1 or self.kl_tau <= 0:
             raise ReadmeJaxError("train config: router_lr and kl_tau must be > 0, expert_lr >= 0, "
                                  "round_decay in (0, 1]")
+        if not 0 <= self.warmup_frac < 1:
+            raise ReadmeJaxError(f"train config: warmup_frac={self.warmup_frac} must be in [0, 1)")
         if self.seq_len < 2:
             raise ReadmeJaxError(f"train config: seq_len={self.seq_len} must be >= 2")
 
@@ -90,6 +93,7 @@ PRESETS = {
     "paper": TrainConfig(preset="paper", rounds=8, router_steps=100, expert_steps=200, router_batch=64,
                          expert_batch=128, micro_batch=8, seq_len=4096, router_lr=5e-4, expert_lr=5e-5,
                          kl_tau=0.02, teacher="dense", expert_params="experts", compute_dtype="bfloat16",
+                         warmup_frac=0.0,
                          blocks_per_domain=4096, doc_chars=0, save_every=50, max_to_keep=3),
     "default": TrainConfig(),
     "tiny": TrainConfig(preset="tiny", rounds=2, router_steps=3, expert_steps=2, router_batch=8, expert_batch=8,

@@ -1,8 +1,8 @@
 """Read-ME's alternating tuning (paper §4.2): rounds of a router stage, then an expert stage.
 
 Round r: the router learns by distillation for ``router_steps`` (backbone frozen), then the backbone learns
-the LM loss under the frozen router's routes for ``expert_steps``. Within a stage the learning rate follows a
-cosine from ``lr * round_decay**r`` to 0; every stage starts a fresh AdamW state (the reference code runs each
+the LM loss under the frozen router's routes for ``expert_steps``. Within a stage the learning rate warms up
+linearly, then follows a cosine from ``lr * round_decay**r`` to 0; every stage starts a fresh AdamW state (the reference code runs each
 stage as its own job). The run is one sequence of global steps; a checkpoint stores everything needed to
 continue it exactly: parameters, optimizer state, position in the schedule and data position. Training has
 no other randomness: the data order is the stream's (seed, position), and the seed is in the fingerprint.
@@ -32,10 +32,17 @@ _STEP_CACHE: dict = {}
 
 
 def stage_lr(cfg: TrainConfig, stage: str, rnd: int, step: int) -> float:
-    """Cosine decay within the stage, exponential decay across rounds."""
+    """Linear warm-up over the first ``warmup_frac`` of the stage, then cosine decay to 0 at its end, from a
+    peak that decays exponentially across rounds. The warm-up matters from round 1 on: each stage starts a
+    fresh AdamW state, whose first updates are about lr * sign(grad) for every weight, and at full learning
+    rate that jolt undoes much of the previous round's router (measured: agreement fell from 0.65 to 0.4).
+    """
     peak = (cfg.router_lr if stage == "router" else cfg.expert_lr) * cfg.round_decay ** rnd
     n = cfg.router_steps if stage == "router" else cfg.expert_steps
-    return peak * 0.5 * (1.0 + math.cos(math.pi * step / max(n, 1)))
+    warm = int(round(cfg.warmup_frac * n))
+    if step < warm:
+        return peak * (step + 1) / (warm + 1)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(n - warm, 1)))
 
 
 def make_train_mesh(cfg: TrainConfig):

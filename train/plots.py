@@ -15,17 +15,27 @@ def plot_metrics(metrics_path: Path, out_png: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     router = [r for r in rows if r["stage"] == "router"]
     expert = [r for r in rows if r["stage"] == "expert"]
+    def by_round(rows_):  # one line per round: stages of different rounds are not contiguous in steps
+        for rnd in sorted({r["round"] for r in rows_}):
+            yield [r for r in rows_ if r["round"] == rnd]
+
     ax = axes[0]
-    ax.plot([r["global_step"] for r in router], [r["loss"] for r in router], ".-", color="tab:blue", ms=3)
+    twin = ax.twinx()
+    for seg in by_round(router):
+        x = [r["global_step"] for r in seg]
+        ax.plot(x, [r["loss"] for r in seg], ".-", color="tab:blue", ms=3)
+        twin.plot(x, [r["router_acc"] for r in seg], ".-", color="tab:orange", ms=3)
     ax.set_xlabel("global step")
     ax.set_ylabel("distillation loss", color="tab:blue")
     ax.set_title("router stages")
-    twin = ax.twinx()
-    twin.plot([r["global_step"] for r in router], [r["router_acc"] for r in router], ".-", color="tab:orange", ms=3)
     twin.set_ylabel("top-1 agreement with oracle", color="tab:orange")
     twin.set_ylim(0, 1)
     ax = axes[1]
-    ax.plot([r["global_step"] for r in expert], [r["loss"] for r in expert], ".-", color="tab:green", ms=3)
+    for seg in by_round(expert):
+        x, y = [r["global_step"] for r in seg], [r["loss"] for r in seg]
+        ax.plot(x, y, ".", color="tab:green", ms=3, alpha=0.5)
+        w = min(5, len(y))  # batches mix domains, so single-batch losses are noisy: show a running mean
+        ax.plot(x[w - 1:], [sum(y[i - w + 1:i + 1]) / w for i in range(w - 1, len(y))], "-", color="tab:green")
     ax.set_xlabel("global step")
     ax.set_ylabel("LM loss (nats/token)")
     ax.set_title("expert stages")

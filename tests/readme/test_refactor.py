@@ -88,7 +88,7 @@ def test_moe_folder_round_trip_and_errors(tmp_path):
     np.testing.assert_allclose(lm.logits(ids, np.ones_like(ids)), np.asarray(want), atol=1e-6)
     with pytest.raises(ReadmeJaxError, match="expert ids must be in"):
         lm.logits(ids, np.full_like(ids, 2))
-    sliced, _, _ = load_moe(folder, form="sliced")
+    sliced, _, _, _ = load_moe(folder, form="sliced")
     assert sliced.cfg.form == "sliced"
     from safetensors.numpy import load_file, save_file
 

@@ -144,3 +144,23 @@ def test_submit_rejects_unschedulable_or_out_of_range_requests():
         scheduler.submit(_queued(0, [0, 0, 0, 0]), 0)
     with pytest.raises(ServeError, match="expert id 2 out of range"):
         scheduler.submit(_queued(1, [2]), 0)
+
+
+def test_service_order_puts_items_overdue_at_the_next_iteration_first():
+    # The lookahead's projected order must match what next_batch does, starvation step included: a Belady cache
+    # that ranked the overdue item of a small queue last would evict the expert the next batch needs first.
+    scheduler = Scheduler(SchedulerConfig("expert-aware", max_batch_tokens=4, max_wait_iterations=2), 3)
+    scheduler.submit(_decoding(0, 0), 0)  # alone in queue 0: Algorithm 1 alone would defer it
+    for index in range(1, 9):
+        scheduler.submit(_decoding(index, 2), 0)
+    assert [r.spec.request_id for r in scheduler.next_batch(0).requests] == ["d1", "d2", "d3", "d4"]
+    # d0 has waited 1 iteration; at iteration 1 it is not overdue yet, at iteration 2 it is.
+    assert next(scheduler.service_order()).spec.request_id == "d5"
+    assert [r.spec.request_id for r in scheduler.next_batch(1).requests] == ["d5", "d6", "d7", "d8"]
+    order = [r.spec.request_id for r in scheduler.service_order()]
+    assert order == ["d0"]
+    scheduler.submit(_decoding(9, 2), 2)
+    scheduler.submit(_decoding(10, 2), 2)
+    order = [r.spec.request_id for r in scheduler.service_order()]
+    assert order == ["d0", "d9", "d10"]  # overdue first, then the largest queue, each item once
+    assert [r.spec.request_id for r in scheduler.next_batch(2).requests] == order

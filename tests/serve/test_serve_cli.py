@@ -83,7 +83,33 @@ def test_bad_trace_line_is_named(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "bad.jsonl line 2: expert id 3 in output_experts[0] out of range [0, 3)" in err
     assert main(["bench-sched", "--trace", str(trace), "--rates", "3", "--no-plot"]) == 2
-    assert "drop --rate/--rates" in capsys.readouterr().err
+    assert "bad.jsonl line 2" in capsys.readouterr().err
+
+
+def test_trace_rates_rescale_arrivals_and_requests_cut_the_trace(capsys, tmp_path):
+    trace = tmp_path / "w.jsonl"
+    _json(capsys, ["bench-sched", "--json", "--no-plot", "--rates", "6", "--save-trace", str(trace), *SMALL])
+    argv = ["bench-sched", "--json", "--no-plot", "--trace", str(trace), "--policies", "fcfs", "--requests", "30"]
+    result = _json(capsys, [*argv, "--rates", "3,60"])
+    assert result["workload"]["requests"] == 30 and result["workload"]["rescaled_to_rates_per_s"] == [3.0, 60.0]
+    slow, fast = result["runs"]
+    assert (slow["rate_per_s"], fast["rate_per_s"]) == (3.0, 60.0) and slow["requests"] == fast["requests"] == 30
+    # The same 30 requests, 20 times closer together: the run is shorter and the server busier.
+    assert fast["makespan_s"] < slow["makespan_s"] and fast["tokens_per_batch"] > slow["tokens_per_batch"]
+    assert main([*argv, "--requests", "0"]) == 2
+    assert "--requests 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_cache_memory_limited_records_each_capacity_with_its_cache(capsys):
+    argv = ["bench-cache", "--json", "--no-plot", "--rate", "20", "--capacities", "2,3", "--regime", "memory-limited"]
+    result = _json(capsys, [*argv, *SMALL])
+    resident = _json(capsys, ["bench-cache", "--json", "--no-plot", "--rate", "20", "--capacities", "2", *SMALL])
+    assert result["regime"] == "memory-limited" and resident["regime"] == "resident"
+    for row in result["rows"]:
+        assert set(row["closed_loop"]) == {"random", "fifo", "lru", "lfu", "belady"}
+        assert all(0.0 <= p["hit_ratio"] <= 1.0 for p in row["closed_loop"].values())
+    # Misses cost whole-expert transfers, so a memory-limited server runs longer iterations with more work each.
+    assert result["rows"][0]["tokens_per_batch"] > resident["rows"][0]["tokens_per_batch"]
 
 
 def test_module_entry_point_prints_one_json_object():

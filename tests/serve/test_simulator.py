@@ -168,3 +168,38 @@ def test_percentiles_match_linear_interpolation():
     assert percentile(values, 95) == pytest.approx(3.85)
     assert describe([])["mean"] != describe([])["mean"]  # NaN when empty
     assert math.isclose(describe(values)["mean"], 2.5)
+
+
+def test_latency_growth_flags_a_growing_queue():
+    from serve.metrics import latency_growth
+
+    assert latency_growth([1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]) == 4.0  # last quarter 4+4 over first 1+1
+    assert math.isnan(latency_growth([1.0, 2.0, 3.0]))
+    specs = _small_workload(4, n=200, experts=3, rate=3.0)  # about 3x what 1 s iterations can serve
+    overloaded = summarize(simulate(specs, 3, SimConfig(SchedulerConfig("decode-first", 12, None), UNIT_COST)))
+    relaxed = [dataclasses.replace(s, arrival_s=100.0 * i) for i, s in enumerate(specs)]  # one at a time
+    idle = summarize(simulate(relaxed, 3, SimConfig(SchedulerConfig("decode-first", 12, None), UNIT_COST)))
+    assert overloaded["latency_growth"] > 2.0 and idle["latency_growth"] == pytest.approx(1.0, abs=0.5)
+
+
+def test_memory_limited_cache_bench_replays_the_streams_of_a_server_with_that_cache():
+    from serve.bench import run_cache_bench
+
+    specs = _small_workload(5, n=60, experts=4, rate=50.0)
+    scheduler = SchedulerConfig("expert-aware", 12, 16)
+    result = run_cache_bench(specs, 4, scheduler, UNIT_COST, [1, 2], ("lru", "belady"), regime="memory-limited")
+    for row in result["rows"]:
+        cache = CacheConfig(4, 2, row["capacity"], "expert", "belady")
+        server = simulate(specs, 4, SimConfig(scheduler, UNIT_COST, cache, "layer"))
+        # The replayed stream is the one this server scheduled, and its in-loop counters are the server's.
+        assert row["iterations"] == server.num_iterations
+        assert row["closed_loop"]["belady"] == server.cache.as_dict()
+        lru = simulate(specs, 4, SimConfig(scheduler, UNIT_COST, dataclasses.replace(cache, policy="lru"), "layer"))
+        assert row["closed_loop"]["lru"] == lru.cache.as_dict()
+        # Replaying the server's own stream with pre-gated Belady makes the same decisions as the server did,
+        # except where the server's projected service order differs from the order that actually happened.
+        assert 0.0 <= row["policies"]["belady"]["hit_ratio"] <= 1.0
+    resident = run_cache_bench(specs, 4, scheduler, UNIT_COST, [1, 2], ("lru",))
+    assert resident["rows"][0]["iterations"] == resident["rows"][1]["iterations"]  # one stream for every capacity
+    with pytest.raises(ServeError, match="unknown regime 'tiny'"):
+        run_cache_bench(specs, 4, scheduler, UNIT_COST, [1], ("lru",), regime="tiny")

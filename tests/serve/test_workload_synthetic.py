@@ -1,5 +1,6 @@
 """Synthetic workload: seeded, well-formed, and its locality and popularity knobs move the right way."""
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -58,3 +59,20 @@ def test_popularity_is_skewed_towards_low_ids():
 def test_workload_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ServeError, match=message):
         WorkloadConfig(**kwargs)
+
+
+def test_rescaled_arrivals_keep_order_and_hit_the_rate():
+    from serve.workload import mean_rate, rescale_rate
+
+    specs = synthetic_workload(WorkloadConfig(num_requests=200, rate_per_s=6.0, seed=1))
+    slower = rescale_rate(specs, 2.0)
+    assert mean_rate(slower) == pytest.approx(2.0)
+    assert [s.request_id for s in slower] == [s.request_id for s in specs]
+    ratios = {round(a.arrival_s / b.arrival_s, 9) for a, b in zip(slower, specs)}
+    assert len(ratios) == 1  # one time scale for every arrival: the same arrival pattern, stretched
+    assert [s.prompt_experts for s in slower] == [s.prompt_experts for s in specs]
+    with pytest.raises(ServeError, match="rate_per_s=0"):
+        rescale_rate(specs, 0)
+    at_once = [dataclasses.replace(s, arrival_s=0.0) for s in specs[:3]]
+    with pytest.raises(ServeError, match="every arrival_s is 0.0"):
+        rescale_rate(at_once, 1.0)

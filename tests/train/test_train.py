@@ -79,11 +79,15 @@ def test_reference_loss_matches_numpy():
 
 
 def test_schedule_and_lr():
-    cfg = make_config("tiny", ["rounds=3", "router_steps=4", "expert_steps=0", "round_decay=0.5"])
+    cfg = make_config("tiny", ["rounds=3", "router_steps=4", "expert_steps=0", "round_decay=0.5", "warmup_frac=0"])
     assert schedule(cfg) == [(0, "router", 4), (1, "router", 4), (2, "router", 4)]
     assert stage_lr(cfg, "router", 0, 0) == pytest.approx(cfg.router_lr)
     assert stage_lr(cfg, "router", 2, 0) == pytest.approx(cfg.router_lr * 0.25)
     assert stage_lr(cfg, "router", 1, 2) == pytest.approx(cfg.router_lr * 0.5 * 0.5 * (1 + math.cos(math.pi / 2)))
+    warm = cfg.replace(router_steps=10, warmup_frac=0.2)  # 2 warm-up steps, then 8 of cosine
+    lrs = [stage_lr(warm, "router", 0, i) for i in range(10)]
+    assert lrs[0] == pytest.approx(cfg.router_lr / 3) and lrs[1] == pytest.approx(2 * cfg.router_lr / 3)
+    assert lrs[2] == pytest.approx(cfg.router_lr) and lrs[6] == pytest.approx(cfg.router_lr / 2)
 
 
 def test_config_errors():
@@ -240,3 +244,26 @@ def test_sharded_steps_equal_single_device_steps(tmp_path, moe_folder):
     # ~lr, so compare with an absolute tolerance of a few learning rates' fraction.
     for x, y in zip(jax.tree.leaves((pa, qa)), jax.tree.leaves((pb, qb))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-3)
+
+
+def test_code_variants_train_only_what_they_should(tmp_path, moe_folder):
+    """distill=reference, teacher=previous, expert_params=experts, bf16 compute: the run trains, only the MLP
+    weights of the backbone move, and the previous-round teacher is checkpointed during router stages."""
+    import readme_jax
+    from readme_jax.moe_io import read_moe_folder
+    from train.checkpoint import Checkpointer
+
+    over = ["distill=reference", "teacher=previous", "expert_params=experts", "compute_dtype=bfloat16"]
+    assert _train(tmp_path, moe_folder, over, stop_after=2) == {"stopped_at": 2}  # inside round 0's router stage
+    ckpt = Checkpointer(tmp_path / "train" / "ckpt", save_every=1)
+    assert ckpt.read_meta(2)["stage"] == "router"
+    assert (tmp_path / "train" / "ckpt" / "2" / "state").is_dir()
+    summary = _train(tmp_path, moe_folder, over)
+    rows = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["global_steps"] == 10 and all(np.isfinite(r["loss"]) for r in rows)
+    before = read_moe_folder(moe_folder)["dense_pure"]
+    after = nnx.to_pure_dict(readme_jax.load(str(tmp_path / "moe_trained")).state)
+    for name in ("w_q_DHK", "attn_norm_D", "w_gate_DF", "w_down_FD"):
+        moved = not np.array_equal(np.asarray(after["blocks"][0][name]), before["blocks"][0][name])
+        assert moved == (name in ("w_gate_DF", "w_down_FD")), name
+    assert np.array_equal(np.asarray(after["embed_VD"]), before["embed_VD"])
