@@ -35,7 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     distill: str = "paper"
-    kl_tau: float = 0.02
+    kl_tau: float = 0.005
     kl_direction: str = "target_router"
     teacher: str = "dense"
     expert_params: str = "all"
@@ -44,7 +44,7 @@ class TrainConfig:
     router_d_model: int = 0  # 0: the largest width within the 2% cost budget (RouterConfig.for_backbone)
     mesh: str = "data=-1"  # axis sizes of the (data, fsdp, tensor) mesh; -1: the remaining devices
     devices: int = 0  # use the first N devices (0: all)
-    blocks_per_domain: int = 24  # training blocks read per domain (train split)
+    blocks_per_domain: int = 48  # training blocks read per domain (train split)
     doc_chars: int = 2048  # characters kept per document (many short excerpts generalise better)
     save_every: int = 20
     max_to_keep: int = 2
