@@ -4,38 +4,11 @@ Not the PyPI package of the same name; tests/kernels/test_import_guard.py checks
 resolves to this folder. Benchmarks live in ``kernels.bench`` and are never imported from here.
 """
 
-from kernels.gmm import (
-    IMPLEMENTATIONS,
-    BlockSizes,
-    GmmInputError,
-    GroupMetadata,
-    ImplementationUnavailableError,
-    expert_mlp,
-    gmm,
-    group_metadata_from_sizes,
-    make_group_metadata,
-    make_moe_metadata,
-    moe_mlp,
-    resolve_implementation,
-    sort_tokens,
-    tgmm,
-    unsort_tokens,
-)
+import importlib as _importlib
 
-__all__ = [
-    "BlockSizes",
-    "GmmInputError",
-    "GroupMetadata",
-    "IMPLEMENTATIONS",
-    "ImplementationUnavailableError",
-    "expert_mlp",
-    "gmm",
-    "group_metadata_from_sizes",
-    "make_group_metadata",
-    "make_moe_metadata",
-    "moe_mlp",
-    "resolve_implementation",
-    "sort_tokens",
-    "tgmm",
-    "unsort_tokens",
-]
+# The public names are listed once, in kernels/gmm/__init__.py; this package re-exports all of them, so the two
+# lists cannot drift apart. The function ``gmm`` then shadows the subpackage attribute, as it always has.
+_gmm_package = _importlib.import_module("kernels.gmm")
+__all__ = list(_gmm_package.__all__)
+globals().update({_name: getattr(_gmm_package, _name) for _name in __all__})
+del _gmm_package, _importlib
