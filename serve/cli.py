@@ -20,7 +20,14 @@ from serve.prefetch import PREFETCH_MODES
 from serve.scheduler import POLICIES, SchedulerConfig
 from serve.trace import Trace, TraceHeader, read_trace, write_trace
 from serve.types import ServeError
-from serve.workload import WorkloadConfig, mean_rate, repeat_rate, rescale_rate, synthetic_workload
+from serve.workload import (
+    WorkloadConfig,
+    mean_rate,
+    repeat_rate,
+    rescale_rate,
+    retime_arrivals,
+    synthetic_workload,
+)
 
 DEFAULT_EXPERTS = 7  # the paper's Llama-2 model (Table 4 uses capacities 2..5 of 7)
 _WORKLOAD = WorkloadConfig()  # defaults of the synthetic workload
@@ -38,7 +45,8 @@ def register(sub) -> None:
         "--rate",
         type=float,
         default=None,
-        help="arrival rate of the synthetic workload (default 6); with --trace, the trace's arrivals rescaled to it",
+        help="arrival rate of the synthetic workload (default 6); with --trace, the trace's arrivals rescaled to it "
+        "(or redrawn at it with --arrival-cv)",
     )
     cache.add_argument("--batching", default="expert-aware", choices=POLICIES, help="policy that forms the batches")
     cache.add_argument("--capacities", default="2,3,4,5", help="comma-separated capacities (default 2,3,4,5)")
@@ -68,7 +76,8 @@ def register(sub) -> None:
     sched.add_argument(
         "--rates",
         default=None,
-        help="comma-separated arrival rates (default 6,12,18); with --trace, the trace's arrivals are rescaled to each",
+        help="comma-separated arrival rates (default 6,12,18); with --trace, the trace's arrivals are rescaled to each "
+        "(or redrawn at each with --arrival-cv)",
     )
     sched.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, from {', '.join(POLICIES)}")
     sched.add_argument("--cache-capacity", type=int, default=None, help="expert-cache capacity (default: all resident)")
@@ -87,6 +96,14 @@ def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
     )
     work.add_argument("--num-experts", type=int, default=None, help=f"experts E (default {DEFAULT_EXPERTS})")
     work.add_argument("--seed", type=int, default=0)
+    work.add_argument(
+        "--arrival-cv",
+        type=float,
+        default=None,
+        help="coefficient of variation of inter-arrival gaps (Gamma renewal; 1 = Poisson, > 1 bursty). Synthetic: "
+        "the workload's arrival process (default 1). With --trace: arrivals redrawn from it (seeded by --seed) at "
+        "each --rate/--rates, else at the trace's mean rate (default: keep the trace's own arrivals)",
+    )
     work.add_argument("--stay", type=float, default=_WORKLOAD.stay, help="Markov run continuation probability")
     work.add_argument("--home-weight", type=float, default=_WORKLOAD.home_weight, help="weight of the home expert")
     work.add_argument("--skew", type=float, default=_WORKLOAD.popularity_skew, help="Zipf popularity exponent")
@@ -155,7 +172,7 @@ def _cost(args, trace_layers) -> CostModel:
     elif trace_layers is not None:
         changes["num_layers"] = trace_layers
     if args.slice_mb is not None:
-        changes["slice_bytes"] = int(round(args.slice_mb * 1e6))
+        changes["slice_bytes"] = round(args.slice_mb * 1e6)
     if args.link_gbps is not None:
         changes["link_bytes_per_s"] = args.link_gbps * 1e9
     if args.step_overhead_ms is not None:
@@ -171,6 +188,8 @@ def _workloads(args, rates):
     """[(rate or None, specs)], E, the trace's layer count, and a description of the workload."""
     if args.requests is not None and args.requests < 1:
         raise ServeError(f"--requests {args.requests} must be >= 1")
+    if args.arrival_cv is not None and not (args.arrival_cv > 0.0 and math.isfinite(args.arrival_cv)):
+        raise ServeError(f"--arrival-cv {args.arrival_cv!r}: arrival_cv={args.arrival_cv!r} must be finite and > 0")
     if args.trace is not None:
         if args.save_trace is not None:
             raise ServeError("--save-trace writes a synthetic workload; it cannot be combined with --trace")
@@ -184,7 +203,17 @@ def _workloads(args, rates):
             "source": trace.header.source,
             "requests": len(specs),
             "trace_rate_per_s": mean_rate(specs),
+            "arrival_cv": args.arrival_cv,
         }
+        if args.arrival_cv is not None:
+            # A Gamma renewal process with this CV replaces the recorded arrivals; requests and order stay.
+            description["arrival_seed"] = args.seed
+            if rates is None:
+                retimed = retime_arrivals(specs, description["trace_rate_per_s"], args.arrival_cv, args.seed)
+                return [(None, retimed)], num_experts, trace.header.num_layers, description
+            description["redrawn_at_rates_per_s"] = rates
+            workloads = [(rate, retime_arrivals(specs, rate, args.arrival_cv, args.seed)) for rate in rates]
+            return workloads, num_experts, trace.header.num_layers, description
         if rates is None:
             return [(None, specs)], num_experts, trace.header.num_layers, description
         # The recorded arrival pattern, stretched in time: one trace serves every load (serve.workload).
@@ -204,12 +233,14 @@ def _workloads(args, rates):
             home_weight=args.home_weight,
             prompt_max=args.prompt_max,
             seed=args.seed,
+            **({} if args.arrival_cv is None else {"arrival_cv": args.arrival_cv}),
         )
         workloads.append((rate, synthetic_workload(config)))
     specs = workloads[0][1]
     description = {
         "synthetic": {k: v for k, v in dataclasses.asdict(config).items() if k != "rate_per_s"},
         "rates_per_s": rates,
+        "arrival_cv": config.arrival_cv,
         "repeat_rate": repeat_rate(specs),
     }
     if args.save_trace is not None:
@@ -311,13 +342,20 @@ def _describe(description: dict) -> str:
             f"workload: trace {description['trace']} ({description['requests']} requests, "
             f"{description['trace_rate_per_s']:.3g} requests/s"
         )
-        if "rescaled_to_rates_per_s" in description:
+        if description["arrival_cv"] is not None:
+            redrawn = ",".join(f"{r:g}" for r in description.get("redrawn_at_rates_per_s", [])) or "the trace's rate"
+            line += (
+                f", arrivals redrawn: Gamma renewal, arrival_cv={description['arrival_cv']:g}, "
+                f"seed {description['arrival_seed']}, at {redrawn} requests/s"
+            )
+        elif "rescaled_to_rates_per_s" in description:
             rescaled = ",".join(f"{r:g}" for r in description["rescaled_to_rates_per_s"])
             line += f", arrivals rescaled to {rescaled} requests/s"
         return line + f"); python {platform.python_version()}"
     synthetic = description["synthetic"]
     return (
         f"workload: SYNTHETIC Markov experts, {synthetic['num_requests']} requests, E={synthetic['num_experts']}, "
-        f"stay={synthetic['stay']}, home_weight={synthetic['home_weight']}, skew={synthetic['popularity_skew']}, "
+        f"arrival_cv={synthetic['arrival_cv']:g}, stay={synthetic['stay']}, home_weight={synthetic['home_weight']}, "
+        f"skew={synthetic['popularity_skew']}, "
         f"seed={synthetic['seed']}, repeat rate {description['repeat_rate']:.3f}; python {platform.python_version()}"
     )
