@@ -106,6 +106,7 @@ def run_cache_bench(
         "unit": unit,
         "batching_policy": scheduler.policy,
         "max_batch_tokens": scheduler.max_batch_tokens,
+        "max_batch_requests": scheduler.max_batch_requests,
         "window_steps": window_steps,
         "iterations": first["iterations"],
         "accesses_per_iteration": first["accesses_per_iteration"],
@@ -129,6 +130,7 @@ def run_sched_bench(workloads, num_experts: int, policies, scheduler: SchedulerC
     return {
         "bench": "sched",
         "max_batch_tokens": scheduler.max_batch_tokens,
+        "max_batch_requests": scheduler.max_batch_requests,
         "max_wait_iterations": scheduler.max_wait_iterations,
         "cache": None if cache is None else dataclasses.asdict(cache),
         "prefetch": prefetch,

@@ -111,6 +111,12 @@ def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
     work.add_argument("--save-trace", default=None, help="also write the synthetic workload (of the last rate) as a JSONL trace")
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch-tokens", type=int, default=256)
+    batching.add_argument(
+        "--max-batch-requests",
+        type=int,
+        default=None,
+        help="sequence cap: at most N work items (sequences) per batch (default: no cap)",
+    )
     batching.add_argument("--max-wait", default="32", help="starvation bound in iterations, or none")
     cost = parser.add_argument_group("cost model (defaults: Llama-2-7B Read-ME on an A100, see docs/serving.md)")
     cost.add_argument("--num-layers", type=int, default=None, help="N (default: the trace's, else 32)")
@@ -250,7 +256,9 @@ def _workloads(args, rates):
 
 
 def _scheduler(args, policy: str) -> SchedulerConfig:
-    return SchedulerConfig(policy, args.max_batch_tokens, _optional_int(args.max_wait, "--max-wait"))
+    return SchedulerConfig(
+        policy, args.max_batch_tokens, _optional_int(args.max_wait, "--max-wait"), args.max_batch_requests
+    )
 
 
 def _environment() -> dict:
@@ -307,7 +315,7 @@ def _bench_cache(args) -> int:
         args.regime,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
-    return _finish(args, result, _describe(description) + "\n" + bench.format_cache_table(result), plot_cache)
+    return _finish(args, result, _describe(description, args) + "\n" + bench.format_cache_table(result), plot_cache)
 
 
 def _bench_sched(args) -> int:
@@ -333,10 +341,19 @@ def _bench_sched(args) -> int:
     scheduler = _scheduler(args, policies[0])
     result = bench.run_sched_bench(workloads, num_experts, policies, scheduler, cost, cache, args.prefetch)
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
-    return _finish(args, result, _describe(description) + "\n" + bench.format_sched_table(result), plot_sched)
+    return _finish(args, result, _describe(description, args) + "\n" + bench.format_sched_table(result), plot_sched)
 
 
-def _describe(description: dict) -> str:
+def _describe(description: dict, args) -> str:
+    return _describe_workload(description) + "\n" + _describe_batching(args)
+
+
+def _describe_batching(args) -> str:
+    cap = "none" if args.max_batch_requests is None else args.max_batch_requests
+    return f"batching: max_batch_tokens={args.max_batch_tokens}, max_batch_requests={cap}, max_wait={args.max_wait}"
+
+
+def _describe_workload(description: dict) -> str:
     if "trace" in description:
         line = (
             f"workload: trace {description['trace']} ({description['requests']} requests, "

@@ -10,8 +10,9 @@ Modes (``PREFETCH_MODES``):
 
 Planning the ``next`` loads:
 
-1. Walk the pending items in the order the batching policy would serve them, until the token budget is used.
-   Tokens the running batch is about to generate are not pre-gated yet, so they are not predicted.
+1. Walk the pending items in the order the batching policy would serve them (``Scheduler.service_order``),
+   until the next item does not fit the tokens left or, with a sequence cap (``max_batch_requests``), no slot
+   is left. Tokens the running batch is about to generate are not pre-gated yet, so they are not predicted.
 2. Collect the distinct experts touched, in order of first appearance.
 3. Map each to its key (the expert, or the slice ``0 * num_experts + expert`` of layer 0) and keep the
    non-resident ones; the cache refuses a load that would evict a key needed sooner (``ExpertCache.prefetch``).
@@ -30,14 +31,18 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def predict_next_experts(service_order: Iterable[Request], max_batch_tokens: int) -> list[int]:
+def predict_next_experts(
+    service_order: Iterable[Request], max_batch_tokens: int, max_batch_requests: int | None = None
+) -> list[int]:
     """Steps 1-2: distinct experts of the predicted next batch, in order of first appearance."""
     seen = []
     budget = max_batch_tokens
+    slots = -1 if max_batch_requests is None else max_batch_requests  # -1: no cap (never reaches 0)
     for request in service_order:
-        if request.work_tokens > budget:
+        if request.work_tokens > budget or slots == 0:
             break
         budget -= request.work_tokens
+        slots -= 1
         for expert in request.work_experts:
             if expert not in seen:
                 seen.append(expert)

@@ -5,23 +5,35 @@ known because the router runs before the backbone. Items wait in FIFO queues; wh
 order they are drained is the batching policy. A new batch is formed at every iteration, so requests join and
 leave between iterations (continuous batching).
 
+A batch has two limits: the token budget ``max_batch_tokens`` (prefill tokens + one per decode item) and,
+optionally, the sequence cap ``max_batch_requests`` (work items per batch; each live request has at most one
+pending item, so this is the number of sequences per iteration: DeepSpeed-inference's batch size, vLLM's
+``max_num_seqs``). An item "fits" when its tokens fit the tokens left and a slot is left. With the cap None,
+only the token budget applies.
+
 ``Scheduler.next_batch(iteration)`` forms one batch:
 
 1. Starvation bound. While the oldest waiting item (smallest ready iteration over all queue heads) has waited
-   ``max_wait_iterations`` iterations or more and fits the remaining token budget, it is taken first. Each
-   queue's head is its oldest item, because items are pushed in order of readiness and only heads are popped.
-2. The policy fills the rest of the budget ``max_batch_tokens``:
+   ``max_wait_iterations`` iterations or more and fits, it is taken first. Each queue's head is its oldest
+   item, because items are pushed in order of readiness and only heads are popped.
+2. The policy fills the rest of the batch:
    - ``expert-aware``: the paper's Algorithm 1, with its defects fixed. One queue per expert; a prefill sits in
      the queue of its most frequent prompt expert; queue sizes are counted in tokens, like the budget.
-     a. E = the queue holding the most tokens (lowest id on ties). If every queue is empty, stop.
-     b. If all of queue E fits the remaining budget, take it whole, and repeat from a.
-     c. Otherwise take the FIFO prefix of queue E that fits, and stop.
+     a. E = the queue holding the most tokens (lowest id on ties). If every queue is empty, or no token or
+        slot is left, stop.
+     b. If all of queue E fits (its tokens fit the tokens left and its item count fits the slots left), take
+        it whole, and repeat from a.
+     c. Otherwise take the longest FIFO prefix of queue E that fits both limits, and stop.
    - ``decode-first``: the decode queue, then the prefill queue (DeepSpeed-inference style).
    - ``prefill-first``: the prefill queue, then the decode queue (vLLM / TGI style).
    - ``fcfs``: one queue in order of readiness.
    Queues are drained from the head; a head that does not fit ends that queue's turn (strict FIFO, so a long
-   prompt is never overtaken forever by short ones).
+   prompt is never overtaken forever by short ones). No slot left ends the fill.
 3. The batch lists its requests, its token count and the distinct experts it touches.
+
+``Scheduler.service_order()`` is the lookahead: the pending items in the order they would be served if nothing
+new arrived. The cap does not change that order, only where the next batch ends; ``project_next_batch()`` cuts
+the order at both limits (the prefetch planner's prediction, serve.prefetch).
 
 Time is never read here: the caller passes the iteration index.
 """
@@ -30,11 +42,13 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import sys
 from collections.abc import Iterator
 
 from serve.types import Batch, Request, RequestState, ServeError
 
 POLICIES = ("expert-aware", "decode-first", "prefill-first", "fcfs")
+_NO_CAP = sys.maxsize  # the slot limit without a sequence cap: never reached
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,11 +60,13 @@ class SchedulerConfig:
       max_batch_tokens: token budget of one iteration (prefill tokens + one per decode request).
       max_wait_iterations: starvation bound; an item that has waited this many iterations is scheduled ahead of
         the policy. None disables the bound.
+      max_batch_requests: sequence cap; at most this many work items (= sequences) per batch. None: no cap.
     """
 
     policy: str = "expert-aware"
     max_batch_tokens: int = 256
     max_wait_iterations: int | None = 64
+    max_batch_requests: int | None = None
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -61,6 +77,17 @@ class SchedulerConfig:
             not isinstance(self.max_wait_iterations, int) or self.max_wait_iterations < 0
         ):
             raise ServeError(f"max_wait_iterations={self.max_wait_iterations!r} must be None or an integer >= 0")
+        if self.max_batch_requests is not None and (
+            not isinstance(self.max_batch_requests, int)
+            or isinstance(self.max_batch_requests, bool)
+            or self.max_batch_requests < 1
+        ):
+            raise ServeError(f"max_batch_requests={self.max_batch_requests!r} must be None or a positive integer")
+
+    @property
+    def slot_limit(self) -> int:
+        """Work items one batch may hold (a number larger than any queue when there is no cap)."""
+        return _NO_CAP if self.max_batch_requests is None else self.max_batch_requests
 
 
 class FifoQueue:
@@ -81,10 +108,11 @@ class FifoQueue:
         self.tokens -= request.work_tokens
         return request
 
-    def take_prefix(self, out: list, budget: int) -> int:
-        """Move heads into ``out`` while they fit ``budget``; returns the budget left."""
+    def take_prefix(self, out: list, budget: int, limit: int) -> int:
+        """Move heads into ``out`` while they fit ``budget`` and ``out`` holds fewer than ``limit`` items;
+        returns the budget left."""
         items = self.items
-        while items and items[0].work_tokens <= budget:
+        while items and items[0].work_tokens <= budget and len(out) < limit:
             request = items.popleft()
             self.tokens -= request.work_tokens
             budget -= request.work_tokens
@@ -107,17 +135,17 @@ class _ExpertAware:
     def queue_for(self, request: Request) -> FifoQueue:
         return self.queues[request.queue_expert]
 
-    def fill(self, out: list, budget: int) -> int:
+    def fill(self, out: list, budget: int, limit: int) -> int:
         queues = self.queues
-        while budget > 0:
+        while budget > 0 and len(out) < limit:
             # max() returns the first maximal queue, i.e. the lowest expert id on ties.
             largest = max(queues, key=_tokens)
             if largest.tokens == 0:
                 break  # every queue is empty (the printed pseudo-code would loop forever here)
-            if largest.tokens <= budget:
+            if largest.tokens <= budget and len(largest.items) <= limit - len(out):
                 budget -= largest.take_all(out)
                 continue
-            budget = largest.take_prefix(out, budget)
+            budget = largest.take_prefix(out, budget, limit)
             break
         return budget
 
@@ -141,9 +169,9 @@ class _PhaseOrdered:
     def queue_for(self, request: Request) -> FifoQueue:
         return self.prefill if request.state is RequestState.QUEUED else self.decode
 
-    def fill(self, out: list, budget: int) -> int:
+    def fill(self, out: list, budget: int, limit: int) -> int:
         for queue in self.queues:
-            budget = queue.take_prefix(out, budget)
+            budget = queue.take_prefix(out, budget, limit)
         return budget
 
     def service_order(self) -> Iterator[Request]:
@@ -158,8 +186,8 @@ class _Fcfs:
     def queue_for(self, request: Request) -> FifoQueue:
         return self.queue
 
-    def fill(self, out: list, budget: int) -> int:
-        return self.queue.take_prefix(out, budget)
+    def fill(self, out: list, budget: int, limit: int) -> int:
+        return self.queue.take_prefix(out, budget, limit)
 
     def service_order(self) -> Iterator[Request]:
         return iter(self.queue.items)
@@ -232,12 +260,13 @@ class Scheduler:
         """Form the batch of ``iteration``; it may be empty when nothing is pending."""
         self._next_iteration = iteration + 1
         budget = self.config.max_batch_tokens
+        limit = self.config.slot_limit
         chosen = []
         bound = self.config.max_wait_iterations
         if bound is not None:
-            budget = self._take_overdue(chosen, budget, iteration - bound)
+            budget = self._take_overdue(chosen, budget, limit, iteration - bound)
         num_forced = len(chosen)
-        self._policy.fill(chosen, budget)
+        self._policy.fill(chosen, budget, limit)
         self._num_pending -= len(chosen)
 
         experts = set()
@@ -260,7 +289,7 @@ class Scheduler:
                 experts.add(request.queue_expert)
         return Batch(iteration, tuple(chosen), num_tokens, tuple(sorted(experts)), num_prefill, num_forced)
 
-    def _take_overdue(self, chosen: list, budget: int, ready_limit: int) -> int:
+    def _take_overdue(self, chosen: list, budget: int, limit: int, ready_limit: int) -> int:
         """Step 1: oldest first, take heads that became ready at or before ``ready_limit``.
 
         A k-way merge over the queues: each queue is ordered by readiness, so a heap of the overdue heads yields
@@ -273,7 +302,7 @@ class Scheduler:
                 head = queue.items[0]
                 heap.append((head.ready_iteration, head.index, number))
         heapq.heapify(heap)
-        while heap:
+        while heap and len(chosen) < limit:
             queue = queues[heap[0][2]]
             head = queue.items[0]
             if head.work_tokens > budget:
@@ -311,3 +340,27 @@ class Scheduler:
             *(itertools.takewhile(overdue, q.items) for q in queues), key=lambda r: (r.ready_iteration, r.index)
         )
         return itertools.chain(first, itertools.filterfalse(overdue, self._policy.service_order()))
+
+    def project_next_batch(self) -> list[Request]:
+        """The next batch as the lookahead projects it: ``service_order()`` cut where the next item no longer
+        fits the token budget or no slot is left (``max_batch_requests``).
+
+        For expert-aware batching this is exactly the batch ``next_batch`` forms when no item is overdue and
+        nothing new arrives (whole largest queues, then a FIFO prefix). For the phase-ordered policies it can
+        end earlier: the walk stops at the first head that does not fit, while ``next_batch`` moves on to the
+        other queue.
+        """
+        return take_until_full(self.service_order(), self.config.max_batch_tokens, self.config.max_batch_requests)
+
+
+def take_until_full(order, max_batch_tokens: int, max_batch_requests: int | None = None) -> list[Request]:
+    """Items of ``order`` from the start, until one does not fit the tokens left or no slot is left."""
+    taken = []
+    budget = max_batch_tokens
+    limit = _NO_CAP if max_batch_requests is None else max_batch_requests
+    for request in order:
+        if request.work_tokens > budget or len(taken) >= limit:
+            break
+        budget -= request.work_tokens
+        taken.append(request)
+    return taken

@@ -81,6 +81,11 @@ class QueueLookahead:
     is 1 for whole experts and N for slices. Keys found nowhere within ``max_items`` pending items are never used again
     (``inf``). The scan of the pending work runs once, at the first query, and stops early once every expert
     with pending work has been seen.
+
+    A sequence cap (``max_batch_requests``) does not change the service order, only where each projected batch
+    ends. Projected batch numbers are a non-decreasing function of the rank, so ranking by position gives the
+    same eviction order as ranking by projected batch, up to ties between keys of one projected batch (both
+    needed at the same iteration, where either eviction costs one load).
     """
 
     def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items):
@@ -159,7 +164,6 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     wants_lookahead = cache is not None and (config.cache.policy == "belady" or config.prefetch == "next")
     lookahead_items = config.cache.lookahead_items if config.cache is not None else None
     pipelined = config.prefetch != "none"
-    max_batch_tokens = config.scheduler.max_batch_tokens
 
     result = SimResult(requests, [], [], [], [], [], None, None)
     stream_experts, stream_known = [], []
@@ -198,7 +202,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
                 view = QueueLookahead(keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items)
             missing = _access_batch(cache, keys, view, len(experts))
             if config.prefetch == "next":  # step 4
-                link_ready += _prefetch_next(cache, scheduler, view, keys, max_batch_tokens, cost, slices)
+                link_ready += _prefetch_next(cache, scheduler, view, keys, cost, slices)
 
         duration, link_free = cost.step_s(batch.num_tokens, len(experts), missing, pipelined, link_ready)  # step 5
         link_ready = max(0.0, link_free - duration)
@@ -255,9 +259,10 @@ def _access_batch(cache, keys, view, layer_width: int):
     return missing[0] if layer_width == len(keys) else missing
 
 
-def _prefetch_next(cache, scheduler, view, keys, max_batch_tokens, cost, slices: bool) -> float:
+def _prefetch_next(cache, scheduler, view, keys, cost, slices: bool) -> float:
     """Step 4: load the predicted next batch's missing keys; returns the seconds they add to the link."""
-    predicted = predict_next_experts(scheduler.service_order(), max_batch_tokens)
+    limits = scheduler.config
+    predicted = predict_next_experts(scheduler.service_order(), limits.max_batch_tokens, limits.max_batch_requests)
     protect = frozenset(keys)  # in use by the running batch
     loaded = 0
     for key in plan_prefetch(predicted, cache.resident):

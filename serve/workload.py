@@ -100,7 +100,7 @@ def arrival_gap(rng: random.Random, rate_per_s: float, cv: float) -> float:
     return rng.gammavariate(shape, 1.0 / (shape * rate_per_s))
 
 
-def _lognormal_length(rng: random.Random, mean: float, sigma: float, maximum: int) -> int:
+def lognormal_length(rng: random.Random, mean: float, sigma: float, maximum: int) -> int:
     mu = math.log(mean) - sigma * sigma / 2.0  # so that the unclipped mean is `mean`
     return min(maximum, max(1, round(rng.lognormvariate(mu, sigma))))
 
@@ -148,8 +148,8 @@ def synthetic_workload(config: WorkloadConfig) -> list[RequestSpec]:
     now = 0.0
     for index in range(config.num_requests):
         now += arrival_gap(rng, config.rate_per_s, config.arrival_cv)
-        prompt_len = _lognormal_length(rng, config.prompt_mean, config.prompt_sigma, config.prompt_max)
-        output_len = _lognormal_length(rng, config.output_mean, config.output_sigma, config.output_max)
+        prompt_len = lognormal_length(rng, config.prompt_mean, config.prompt_sigma, config.prompt_max)
+        output_len = lognormal_length(rng, config.output_mean, config.output_sigma, config.output_max)
         home = markov.draw_home(rng)
         experts = markov.sequence(rng, home, prompt_len + output_len)
         specs.append(

@@ -9,8 +9,8 @@ from flax import nnx
 
 import readme_jax
 from readme_jax import oracle, refactor
+from readme_jax import routing_trace as trace_cmd
 from readme_jax.cli import main
-from readme_jax.commands import trace as trace_cmd
 from readme_jax.data import fixture_source
 from readme_jax.errors import ReadmeJaxError
 from readme_jax.lm import jax_to_numpy
