@@ -15,37 +15,13 @@ from serve.expert_cache import CacheConfig
 from serve.prefetch import predict_next_experts
 from serve.scheduler import POLICIES, Scheduler, SchedulerConfig
 from serve.simulate import SimConfig, simulate
-from serve.types import Request, RequestSpec, RequestState, ServeError
+from serve.types import RequestState, ServeError
 from serve.workload import WorkloadConfig, synthetic_workload
-
-
-def _decoding(index: int, expert: int) -> Request:
-    request = Request(RequestSpec(f"d{index}", 0.0, (expert,), (expert, expert), 2), index)
-    request.state = RequestState.DECODE
-    request.generated = 1
-    request.reveal_next_expert()
-    return request
-
-
-def _queued(index: int, prompt_experts) -> Request:
-    return Request(RequestSpec(f"p{index}", 0.0, tuple(prompt_experts), (0,), 1), index)
+from tests.serve.test_batching import _decoding, _queued, pending_items
 
 
 def _ids(requests) -> list[str]:
     return [r.spec.request_id for r in requests]
-
-
-@st.composite
-def pending_items(draw):
-    num_experts = draw(st.integers(1, 5))
-    items = []
-    for index in range(draw(st.integers(0, 30))):
-        if draw(st.booleans()):
-            items.append(_decoding(index, draw(st.integers(0, num_experts - 1))))
-        else:
-            prompt = draw(st.lists(st.integers(0, num_experts - 1), min_size=1, max_size=6))
-            items.append(_queued(index, prompt))
-    return num_experts, items
 
 
 @settings(max_examples=80, deadline=None)
