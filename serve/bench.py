@@ -9,7 +9,8 @@ bench-cache (Table 4 style):
 2. Replay each stream through every policy at its capacity (``serve.cache_replay``). ``belady`` sees only
    pre-gated work (optionally within a window of iterations); ``belady-offline`` sees the whole recorded future
    and is the optimum any policy could reach on this stream.
-3. Memory-limited only: also simulate the server with each online policy in the loop ("closed loop"). Its hit
+3. Memory-limited only: also simulate the server with each online policy in the loop ("closed loop" in the
+   JSON key ``closed_loop``: the cache's loop, unrelated to closed-loop clients, ``concurrency``). Its hit
    ratio is what that policy would get serving the workload, with the simulator's own lookahead for Belady
    (``serve.simulate.QueueLookahead``), which knows only the pending work and not the recorded future order.
 4. Report hit ratio and bytes moved per (capacity, policy).
@@ -47,8 +48,10 @@ def run_cache_bench(
     window_steps: int | None = None,
     seed: int = 0,
     regime: str = "resident",
+    concurrency: int | None = None,
 ) -> dict:
-    """Steps 1-4 of bench-cache; returns a JSON-serializable dict."""
+    """Steps 1-4 of bench-cache; returns a JSON-serializable dict. ``concurrency``: closed-loop clients for
+    every simulation (``SimConfig.concurrency``), None for open-loop arrivals."""
     if regime not in REGIMES:
         raise ServeError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
     key_bytes = cost.slice_bytes * (1 if unit == "slice" else cost.num_layers)
@@ -62,7 +65,8 @@ def run_cache_bench(
             cache = CacheConfig(num_experts, cost.num_layers, capacity, unit, "belady", seed)
         if recorded is None or cache is not None:  # step 1: the resident stream is recorded once
             started = time.perf_counter()
-            run = simulate(specs, num_experts, SimConfig(scheduler, cost, cache, "layer", record_accesses=True))
+            config = SimConfig(scheduler, cost, cache, "layer", record_accesses=True, concurrency=concurrency)
+            run = simulate(specs, num_experts, config)
             record_s += time.perf_counter() - started
             recorded = (run, summarize(run))
         run, summary = recorded
@@ -95,7 +99,8 @@ def run_cache_bench(
                 if column == "belady":
                     counters = run.cache
                 else:
-                    config = SimConfig(scheduler, cost, dataclasses.replace(cache, policy=column), "layer")
+                    loop_cache = dataclasses.replace(cache, policy=column)
+                    config = SimConfig(scheduler, cost, loop_cache, "layer", concurrency=concurrency)
                     counters = simulate(specs, num_experts, config).cache
                 row["closed_loop"][column] = counters.as_dict()
         rows.append(row)
@@ -107,6 +112,7 @@ def run_cache_bench(
         "batching_policy": scheduler.policy,
         "max_batch_tokens": scheduler.max_batch_tokens,
         "max_batch_requests": scheduler.max_batch_requests,
+        "concurrency": concurrency,
         "window_steps": window_steps,
         "iterations": first["iterations"],
         "accesses_per_iteration": first["accesses_per_iteration"],
@@ -115,12 +121,17 @@ def run_cache_bench(
     }
 
 
-def run_sched_bench(workloads, num_experts: int, policies, scheduler: SchedulerConfig, cost, cache, prefetch) -> dict:
-    """bench-sched over ``workloads``: a list of (rate or None, specs) pairs."""
+def run_sched_bench(
+    workloads, num_experts: int, policies, scheduler: SchedulerConfig, cost, cache, prefetch, concurrency=None
+) -> dict:
+    """bench-sched over ``workloads``: a list of (rate or None, specs) pairs. ``concurrency``: closed-loop
+    clients (``SimConfig.concurrency``), None for open-loop arrivals."""
     runs = []
     for rate, specs in workloads:
         for policy in policies:
-            config = SimConfig(dataclasses.replace(scheduler, policy=policy), cost, cache, prefetch)
+            config = SimConfig(
+                dataclasses.replace(scheduler, policy=policy), cost, cache, prefetch, concurrency=concurrency
+            )
             started, cpu_started = time.perf_counter(), time.process_time()
             result = simulate(specs, num_experts, config)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -132,6 +143,7 @@ def run_sched_bench(workloads, num_experts: int, policies, scheduler: SchedulerC
         "max_batch_tokens": scheduler.max_batch_tokens,
         "max_batch_requests": scheduler.max_batch_requests,
         "max_wait_iterations": scheduler.max_wait_iterations,
+        "concurrency": concurrency,
         "cache": None if cache is None else dataclasses.asdict(cache),
         "prefetch": prefetch,
         "runs": runs,
@@ -204,7 +216,7 @@ def format_sched_table(result: dict) -> str:
         if run["policy"] == "decode-first":
             baseline[run["rate_per_s"]] = run
     for run in result["runs"]:
-        rate = "trace" if run["rate_per_s"] is None else f"{run['rate_per_s']:g}"
+        rate = _rate_label(run["rate_per_s"], result.get("concurrency"))
         line = (
             f"{rate:>7} {run['policy']:<14} {run['unique_experts_per_batch']:>9.2f} {run['tokens_per_batch']:>7.1f} "
             f"{1e3 * run['normalized_latency_s']['mean']:>10.2f} {1e3 * run['normalized_latency_s']['p95']:>9.2f} "
@@ -223,7 +235,7 @@ def format_sched_table(result: dict) -> str:
             base = baseline.get(run["rate_per_s"])
             if base is None or run["policy"] == "decode-first":
                 continue
-            rate = "trace" if run["rate_per_s"] is None else f"{run['rate_per_s']:g}"
+            rate = _rate_label(run["rate_per_s"], result.get("concurrency"))
             lines.append(
                 f"{rate:>7} {run['policy']:<14} "
                 f"{_change(run['unique_experts_per_batch'], base['unique_experts_per_batch']):>10} "
@@ -231,6 +243,12 @@ def format_sched_table(result: dict) -> str:
                 f"{_change(run['normalized_latency_s']['p95'], base['normalized_latency_s']['p95']):>10}"
             )
     return "\n".join(lines)
+
+
+def _rate_label(rate, concurrency) -> str:
+    if concurrency is not None:
+        return f"C={concurrency}"
+    return "trace" if rate is None else f"{rate:g}"
 
 
 def _change(value: float, base: float) -> str:

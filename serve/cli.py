@@ -18,6 +18,7 @@ from serve.cost_model import CostModel, llama2_7b_a100
 from serve.expert_cache import UNITS, CacheConfig
 from serve.prefetch import PREFETCH_MODES
 from serve.scheduler import POLICIES, SchedulerConfig
+from serve.simulate import check_concurrency
 from serve.trace import Trace, TraceHeader, read_trace, write_trace
 from serve.types import ServeError
 from serve.workload import (
@@ -104,6 +105,14 @@ def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
         "the workload's arrival process (default 1). With --trace: arrivals redrawn from it (seeded by --seed) at "
         "each --rate/--rates, else at the trace's mean rate (default: keep the trace's own arrivals)",
     )
+    work.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="closed loop: C clients replay the requests in order, each sending its next request when the previous "
+        "one finishes (the first C at t = 0; recorded arrival times ignored). Default: open loop. Not combinable "
+        "with --rate/--rates or --arrival-cv",
+    )
     work.add_argument("--stay", type=float, default=_WORKLOAD.stay, help="Markov run continuation probability")
     work.add_argument("--home-weight", type=float, default=_WORKLOAD.home_weight, help="weight of the home expert")
     work.add_argument("--skew", type=float, default=_WORKLOAD.popularity_skew, help="Zipf popularity exponent")
@@ -188,6 +197,23 @@ def _cost(args, trace_layers) -> CostModel:
     if args.expert_ms is not None:
         changes["expert_s"] = args.expert_ms * 1e-3
     return dataclasses.replace(base, **changes)
+
+
+def _check_closed_loop(args, rates_flag: str, rates) -> None:
+    """--concurrency replaces the arrival process, so the flags that shape arrivals cannot come with it."""
+    if args.concurrency is None:
+        return
+    check_concurrency(args.concurrency)
+    if rates is not None:
+        raise ServeError(
+            f"{rates_flag} sets an open-loop arrival rate; it cannot be combined with --concurrency "
+            f"{args.concurrency} (closed-loop clients issue requests as earlier ones finish)"
+        )
+    if args.arrival_cv is not None:
+        raise ServeError(
+            f"--arrival-cv {args.arrival_cv:g} shapes open-loop arrivals; it cannot be combined with --concurrency "
+            f"{args.concurrency}"
+        )
 
 
 def _workloads(args, rates):
@@ -292,6 +318,7 @@ def _bench_cache(args) -> int:
     from serve.plots import plot_cache
 
     rates = None if args.rate is None else [args.rate]
+    _check_closed_loop(args, "--rate", rates)
     workloads, num_experts, trace_layers, description = _workloads(args, rates if args.trace else rates or [6.0])
     cost = _cost(args, trace_layers)
     capacities = _int_list(args.capacities, "--capacities")
@@ -313,6 +340,7 @@ def _bench_cache(args) -> int:
         window,
         args.seed,
         args.regime,
+        args.concurrency,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
     return _finish(args, result, _describe(description, args) + "\n" + bench.format_cache_table(result), plot_cache)
@@ -322,8 +350,11 @@ def _bench_sched(args) -> int:
     from serve.plots import plot_sched
 
     rates = None if args.rates is None else _float_list(args.rates, "--rates")
+    _check_closed_loop(args, "--rates", rates)
+    # Closed loop ignores arrival times, so a synthetic workload is drawn once (at the default rate 6).
+    synthetic_rates = [6.0] if args.concurrency is not None else [6.0, 12.0, 18.0]
     workloads, num_experts, trace_layers, description = _workloads(
-        args, rates if args.trace else rates or [6.0, 12.0, 18.0]
+        args, rates if args.trace else rates or synthetic_rates
     )
     cost = _cost(args, trace_layers)
     policies = _names(args.policies, POLICIES, "--policies")
@@ -339,7 +370,9 @@ def _bench_sched(args) -> int:
             _optional_int(args.lookahead_items, "--lookahead-items"),
         )
     scheduler = _scheduler(args, policies[0])
-    result = bench.run_sched_bench(workloads, num_experts, policies, scheduler, cost, cache, args.prefetch)
+    result = bench.run_sched_bench(
+        workloads, num_experts, policies, scheduler, cost, cache, args.prefetch, args.concurrency
+    )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
     return _finish(args, result, _describe(description, args) + "\n" + bench.format_sched_table(result), plot_sched)
 
@@ -350,7 +383,17 @@ def _describe(description: dict, args) -> str:
 
 def _describe_batching(args) -> str:
     cap = "none" if args.max_batch_requests is None else args.max_batch_requests
-    return f"batching: max_batch_tokens={args.max_batch_tokens}, max_batch_requests={cap}, max_wait={args.max_wait}"
+    if args.concurrency is None:
+        clients = "arrivals: open loop"
+    else:
+        clients = (
+            f"arrivals: closed loop, concurrency={args.concurrency} clients (requests issued in trace order as "
+            f"earlier ones finish; recorded arrival times ignored)"
+        )
+    return (
+        f"batching: max_batch_tokens={args.max_batch_tokens}, max_batch_requests={cap}, max_wait={args.max_wait}\n"
+        + clients
+    )
 
 
 def _describe_workload(description: dict) -> str:

@@ -14,11 +14,20 @@ much faster than real time. One iteration:
 6. Emit: every request in the batch gets a token at the iteration's end: a prefill its first token (TTFT), a
    decode its next one. A request that has all its tokens finishes; the others have their new token pre-gated
    and re-enter the scheduler at the next iteration.
+
+Arrivals. Open loop (``SimConfig.concurrency`` None): each request arrives at its recorded ``arrival_s``.
+Closed loop (``concurrency`` C): C clients replay the workload in its order, one request each at a time, as in
+DeepSpeed-MII/FastGen and vLLM ``--max-concurrency`` benchmarks. The first C requests are issued at t = 0 and,
+each time a request finishes, the next unissued one is issued at that completion time plus ``think_s``. The
+recorded arrival times are ignored: the simulator re-stamps a copy of each spec with its issue time when it
+releases it, so ``SimResult.requests[i].spec.arrival_s`` is the issue time and every metric (TTFT, TPOT,
+normalized latency) is measured from it. At most C requests are in flight at any time.
 """
 
 import dataclasses
 import itertools
 import math
+import numbers
 
 from serve.cache_replay import AccessStream
 from serve.cost_model import CostModel
@@ -38,6 +47,9 @@ class SimConfig:
       cache: expert cache, or None when every expert stays resident (no transfers).
       prefetch: ``none``, ``layer`` or ``next`` (serve.prefetch).
       record_accesses: keep the per-iteration expert accesses (for offline cache replay).
+      concurrency: None for open-loop arrivals (the recorded ``arrival_s``), or C closed-loop clients (module
+        docstring, "Arrivals").
+      think_s: closed loop only: seconds between a request's completion and the issue of the next one.
     """
 
     scheduler: SchedulerConfig
@@ -45,13 +57,28 @@ class SimConfig:
     cache: CacheConfig | None = None
     prefetch: str = "layer"
     record_accesses: bool = False
+    concurrency: int | None = None
+    think_s: float = 0.0
 
     def __post_init__(self):
         check_mode(self.prefetch)
+        check_concurrency(self.concurrency)
+        if not (isinstance(self.think_s, numbers.Real) and self.think_s >= 0.0 and math.isfinite(self.think_s)):
+            raise ServeError(f"think_s={self.think_s!r} must be finite and >= 0")
+        if self.think_s and self.concurrency is None:
+            raise ServeError(f"think_s={self.think_s!r} needs closed-loop clients (concurrency), not open loop")
         if self.cache is not None and self.cache.num_layers != self.cost.num_layers:
             raise ServeError(
                 f"cache num_layers={self.cache.num_layers} differs from cost model num_layers={self.cost.num_layers}"
             )
+
+
+def check_concurrency(concurrency) -> None:
+    """None (open loop) or a positive int number of closed-loop clients; anything else raises ``ServeError``."""
+    if concurrency is None:
+        return
+    if isinstance(concurrency, bool) or not isinstance(concurrency, numbers.Integral) or concurrency < 1:
+        raise ServeError(f"concurrency={concurrency!r} must be a positive integer (closed-loop clients) or None")
 
 
 @dataclasses.dataclass(slots=True)
@@ -126,7 +153,7 @@ class QueueLookahead:
         return first
 
 
-def _validate(specs, num_experts: int) -> list[Request]:
+def _validate(specs, num_experts: int, check_order: bool = True) -> list[Request]:
     requests = []
     seen = set()
     previous = 0.0
@@ -134,7 +161,7 @@ def _validate(specs, num_experts: int) -> list[Request]:
         if spec.request_id in seen:
             raise ServeError(f"duplicate request id {spec.request_id!r}")
         seen.add(spec.request_id)
-        if spec.arrival_s < previous:
+        if check_order and spec.arrival_s < previous:
             raise ServeError(
                 f"request {spec.request_id!r}: arrival_s={spec.arrival_s} is earlier than the previous request's "
                 f"{previous}; requests must be in arrival order"
@@ -149,8 +176,12 @@ def _validate(specs, num_experts: int) -> list[Request]:
 
 
 def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> SimResult:
-    """Replay ``specs`` (in arrival order) to completion and return the per-request and per-iteration record."""
-    requests = _validate(specs, num_experts)
+    """Replay ``specs`` (in arrival order) to completion and return the per-request and per-iteration record.
+
+    With ``config.concurrency`` set, the returned requests carry re-stamped copies of their specs (arrival_s =
+    issue time); ``specs`` itself is not modified."""
+    closed = config.concurrency is not None
+    requests = _validate(specs, num_experts, check_order=not closed)
     if config.cache is not None and config.cache.num_experts != num_experts:
         raise ServeError(f"cache num_experts={config.cache.num_experts} differs from the workload's {num_experts}")
     scheduler = Scheduler(config.scheduler, num_experts)
@@ -174,16 +205,26 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     finished = 0
     carry = []  # requests whose next decode token is ready at the next iteration
     total = len(requests)
+    # Requests released so far, in arrival order. Open loop: all of them. Closed loop: the first C, then one more
+    # at each completion (completion times never decrease, so the list stays in arrival order).
+    arrivals = requests
+    issued = total
+    think = config.think_s
+    if closed:
+        issued = min(config.concurrency, total)
+        arrivals = requests[:issued]
+        for request in arrivals:
+            _issue(request, 0.0)
     while finished < total:
         scheduler.submit_decodes(carry, iteration)  # step 1
         carry = []
-        while next_arrival < total and requests[next_arrival].spec.arrival_s <= now:
-            scheduler.submit(requests[next_arrival], iteration)
+        while next_arrival < len(arrivals) and arrivals[next_arrival].spec.arrival_s <= now:
+            scheduler.submit(arrivals[next_arrival], iteration)
             next_arrival += 1
         if not len(scheduler):
-            gap = requests[next_arrival].spec.arrival_s - now
+            gap = arrivals[next_arrival].spec.arrival_s - now
             link_ready = max(0.0, link_ready - gap)
-            now = requests[next_arrival].spec.arrival_s
+            now = arrivals[next_arrival].spec.arrival_s
             continue
 
         batch = scheduler.next_batch(iteration)  # step 2
@@ -222,6 +263,10 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
                 request.state = RequestState.FINISHED
                 request.finish_s = end
                 finished += 1
+                if issued < total:  # closed loop: this client sends its next request
+                    _issue(requests[issued], end + think)
+                    arrivals.append(requests[issued])
+                    issued += 1
             else:
                 request.reveal_next_expert()
                 carry.append(request)
@@ -232,6 +277,12 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     if config.record_accesses:
         result.stream = AccessStream(num_experts, tuple(stream_experts), tuple(stream_known))
     return result
+
+
+def _issue(request: Request, time_s: float) -> None:
+    """Closed loop: issue ``request`` at ``time_s`` (a re-stamped copy of its spec; the input stays as it was)."""
+    request.spec = dataclasses.replace(request.spec, arrival_s=time_s)
+    request.ready_s = time_s
 
 
 def _known_at(batch) -> tuple[int, ...]:
