@@ -49,9 +49,12 @@ def run_cache_bench(
     seed: int = 0,
     regime: str = "resident",
     concurrency: int | None = None,
+    lookahead_continuing: bool = False,
 ) -> dict:
     """Steps 1-4 of bench-cache; returns a JSON-serializable dict. ``concurrency``: closed-loop clients for
-    every simulation (``SimConfig.concurrency``), None for open-loop arrivals."""
+    every simulation (``SimConfig.concurrency``), None for open-loop arrivals. ``lookahead_continuing``: the
+    in-loop lookahead's guess of the running batch's next tokens (``SimConfig.lookahead_continuing``), for every
+    simulation; the replays (step 2) are unaffected except through the recorded stream."""
     if regime not in REGIMES:
         raise ServeError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
     key_bytes = cost.slice_bytes * (1 if unit == "slice" else cost.num_layers)
@@ -65,7 +68,15 @@ def run_cache_bench(
             cache = CacheConfig(num_experts, cost.num_layers, capacity, unit, "belady", seed)
         if recorded is None or cache is not None:  # step 1: the resident stream is recorded once
             started = time.perf_counter()
-            config = SimConfig(scheduler, cost, cache, "layer", record_accesses=True, concurrency=concurrency)
+            config = SimConfig(
+                scheduler,
+                cost,
+                cache,
+                "layer",
+                record_accesses=True,
+                concurrency=concurrency,
+                lookahead_continuing=lookahead_continuing,
+            )
             run = simulate(specs, num_experts, config)
             record_s += time.perf_counter() - started
             recorded = (run, summarize(run))
@@ -100,12 +111,19 @@ def run_cache_bench(
                     counters = run.cache
                 else:
                     loop_cache = dataclasses.replace(cache, policy=column)
-                    config = SimConfig(scheduler, cost, loop_cache, "layer", concurrency=concurrency)
+                    config = SimConfig(
+                        scheduler,
+                        cost,
+                        loop_cache,
+                        "layer",
+                        concurrency=concurrency,
+                        lookahead_continuing=lookahead_continuing,
+                    )
                     counters = simulate(specs, num_experts, config).cache
                 row["closed_loop"][column] = counters.as_dict()
         rows.append(row)
     first = rows[0] if rows else {"iterations": 0, "accesses_per_iteration": math.nan}
-    return {
+    result = {
         "bench": "cache",
         "regime": regime,
         "unit": unit,
@@ -119,18 +137,35 @@ def run_cache_bench(
         "record_simulation_s": record_s,
         "rows": rows,
     }
+    if lookahead_continuing:  # only when on, so that the default output stays as it was
+        result["lookahead_continuing"] = True
+    return result
 
 
 def run_sched_bench(
-    workloads, num_experts: int, policies, scheduler: SchedulerConfig, cost, cache, prefetch, concurrency=None
+    workloads,
+    num_experts: int,
+    policies,
+    scheduler: SchedulerConfig,
+    cost,
+    cache,
+    prefetch,
+    concurrency=None,
+    lookahead_continuing: bool = False,
 ) -> dict:
     """bench-sched over ``workloads``: a list of (rate or None, specs) pairs. ``concurrency``: closed-loop
-    clients (``SimConfig.concurrency``), None for open-loop arrivals."""
+    clients (``SimConfig.concurrency``), None for open-loop arrivals. ``lookahead_continuing``:
+    ``SimConfig.lookahead_continuing``."""
     runs = []
     for rate, specs in workloads:
         for policy in policies:
             config = SimConfig(
-                dataclasses.replace(scheduler, policy=policy), cost, cache, prefetch, concurrency=concurrency
+                dataclasses.replace(scheduler, policy=policy),
+                cost,
+                cache,
+                prefetch,
+                concurrency=concurrency,
+                lookahead_continuing=lookahead_continuing,
             )
             started, cpu_started = time.perf_counter(), time.process_time()
             result = simulate(specs, num_experts, config)
@@ -138,7 +173,7 @@ def run_sched_bench(
             summary = summarize(result)
             timing = {"simulate_wall_s": wall, "simulate_cpu_s": cpu}
             runs.append({"rate_per_s": rate, "policy": policy, **timing, **summary})
-    return {
+    result = {
         "bench": "sched",
         "max_batch_tokens": scheduler.max_batch_tokens,
         "max_batch_requests": scheduler.max_batch_requests,
@@ -148,6 +183,9 @@ def run_sched_bench(
         "prefetch": prefetch,
         "runs": runs,
     }
+    if lookahead_continuing:  # only when on, so that the default output stays as it was
+        result["lookahead_continuing"] = True
+    return result
 
 
 def format_cache_table(result: dict) -> str:
@@ -187,7 +225,9 @@ def format_cache_table(result: dict) -> str:
         loop_columns = list(rows[0]["closed_loop"]) if rows else []
         lines += [
             "",
-            "hit ratio (%) with each policy serving in the loop (Belady sees only pending pre-gated work)",
+            "hit ratio (%) with each policy serving in the loop (Belady sees only pending pre-gated work"
+            + (", plus a same-expert guess for each running request that continues)" if result.get("lookahead_continuing")
+               else ")"),
             "capacity".ljust(10) + "".join(c.rjust(width) for c in loop_columns),
         ]
         for row in rows:

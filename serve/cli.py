@@ -66,6 +66,7 @@ def register(sub) -> None:
         "with a cache of that capacity in the loop (Belady), and also report each policy serving with the cache "
         "in the loop",
     )
+    _add_lookahead_continuing(cache)
     cache.set_defaults(func=_bench_cache)
 
     sched = sub.add_parser(
@@ -86,7 +87,18 @@ def register(sub) -> None:
     sched.add_argument("--unit", default="expert", choices=UNITS)
     sched.add_argument("--prefetch", default="layer", choices=PREFETCH_MODES)
     sched.add_argument("--lookahead-items", default="1024", help="pending items Belady may scan, or none")
+    _add_lookahead_continuing(sched)
     sched.set_defaults(func=_bench_sched)
+
+
+def _add_lookahead_continuing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lookahead-continuing",
+        action="store_true",
+        help="in-loop Belady lookahead: count each running request that keeps decoding as a pending token on its "
+        "current token's expert (temporal-locality guess), placed where the batching policy would queue it. "
+        "Default: an expert with no pending pre-gated work is never needed again",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
@@ -341,6 +353,7 @@ def _bench_cache(args) -> int:
         args.seed,
         args.regime,
         args.concurrency,
+        args.lookahead_continuing,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
     return _finish(args, result, _describe(description, args) + "\n" + bench.format_cache_table(result), plot_cache)
@@ -371,7 +384,15 @@ def _bench_sched(args) -> int:
         )
     scheduler = _scheduler(args, policies[0])
     result = bench.run_sched_bench(
-        workloads, num_experts, policies, scheduler, cost, cache, args.prefetch, args.concurrency
+        workloads,
+        num_experts,
+        policies,
+        scheduler,
+        cost,
+        cache,
+        args.prefetch,
+        args.concurrency,
+        args.lookahead_continuing,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
     return _finish(args, result, _describe(description, args) + "\n" + bench.format_sched_table(result), plot_sched)

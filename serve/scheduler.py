@@ -35,6 +35,13 @@ only the token budget applies.
 new arrived. The cap does not change that order, only where the next batch ends; ``project_next_batch()`` cuts
 the order at both limits (the prefetch planner's prediction, serve.prefetch).
 
+``service_order(continuing)`` also projects hypothetical one-token decode items (``ContinuingItem``), one per
+expert id of ``continuing``: the running batch's requests that will submit a next token, guessed to stay on
+their current token's expert (the simulator's ``lookahead_continuing``). Each sits where ``submit_decodes`` would
+put it at the next iteration: at the tail of its expert's queue, whose size grows by one token before queues are
+ordered largest-first (expert-aware), at the tail of the decode queue (decode-first, prefill-first), or at the
+tail (fcfs). They are ready at the next iteration, so they are overdue only when ``max_wait_iterations`` is 0.
+
 Time is never read here: the caller passes the iteration index.
 """
 
@@ -128,6 +135,26 @@ class FifoQueue:
         return tokens
 
 
+class ContinuingItem:
+    """A hypothetical pending decode item of ``service_order(continuing)``: one token on one expert.
+
+    It has the attributes a lookahead reads from a ``Request`` (``work_experts``, ``work_tokens``,
+    ``queue_expert``, ``ready_iteration``, ``index``); ``index`` is its position in ``continuing``.
+    """
+
+    __slots__ = ("work_experts", "queue_expert", "ready_iteration", "index")
+    work_tokens = 1
+
+    def __init__(self, expert: int, ready_iteration: int, index: int):
+        self.work_experts = (expert,)
+        self.queue_expert = expert
+        self.ready_iteration = ready_iteration
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"ContinuingItem(expert={self.queue_expert}, ready_iteration={self.ready_iteration})"
+
+
 class _ExpertAware:
     def __init__(self, num_experts: int):
         self.queues = [FifoQueue() for _ in range(num_experts)]
@@ -149,9 +176,16 @@ class _ExpertAware:
             break
         return budget
 
-    def service_order(self) -> Iterator[Request]:
-        ordered = sorted(range(len(self.queues)), key=lambda e: -self.queues[e].tokens)
-        return itertools.chain.from_iterable(self.queues[e].items for e in ordered)
+    def service_order(self, extra=()) -> Iterator[Request]:
+        if not extra:
+            ordered = sorted(range(len(self.queues)), key=lambda e: -self.queues[e].tokens)
+            return itertools.chain.from_iterable(self.queues[e].items for e in ordered)
+        tails = [[] for _ in self.queues]
+        for item in extra:
+            tails[item.queue_expert].append(item)
+        # Each extra item adds one token to its queue; sorted() is stable, so ties keep the lowest id first.
+        ordered = sorted(range(len(self.queues)), key=lambda e: -(self.queues[e].tokens + len(tails[e])))
+        return itertools.chain.from_iterable(itertools.chain(self.queues[e].items, tails[e]) for e in ordered)
 
 
 def _tokens(queue: FifoQueue) -> int:
@@ -174,8 +208,12 @@ class _PhaseOrdered:
             budget = queue.take_prefix(out, budget, limit)
         return budget
 
-    def service_order(self) -> Iterator[Request]:
-        return itertools.chain.from_iterable(q.items for q in self.queues)
+    def service_order(self, extra=()) -> Iterator[Request]:
+        if not extra:
+            return itertools.chain.from_iterable(q.items for q in self.queues)
+        return itertools.chain.from_iterable(
+            itertools.chain(q.items, extra) if q is self.decode else q.items for q in self.queues
+        )
 
 
 class _Fcfs:
@@ -189,8 +227,10 @@ class _Fcfs:
     def fill(self, out: list, budget: int, limit: int) -> int:
         return self.queue.take_prefix(out, budget, limit)
 
-    def service_order(self) -> Iterator[Request]:
-        return iter(self.queue.items)
+    def service_order(self, extra=()) -> Iterator[Request]:
+        if not extra:
+            return iter(self.queue.items)
+        return itertools.chain(self.queue.items, extra)
 
 
 def _make_policy(name: str, num_experts: int):
@@ -316,20 +356,31 @@ class Scheduler:
                 heapq.heappop(heap)
         return budget
 
-    def service_order(self) -> Iterator[Request]:
+    def service_order(self, continuing=()) -> Iterator[Request]:
         """Pending items in the order they would be served if nothing new arrived (the lookahead).
 
         Step 1 of ``next_batch`` comes first here too: items already overdue at the next iteration, oldest first,
         then the policy's order without them. Without it, under overload a Belady lookahead would rank the
         overdue items of small expert queues last although the next batch takes them first.
+
+        ``continuing``: expert ids of hypothetical one-token decode items submitted at the next iteration, in
+        submission order; each is yielded as a ``ContinuingItem`` where the policy would serve it (module
+        docstring). Empty: only the real pending items, exactly as before.
         """
+        extra = ()
+        if continuing:
+            ready = self._next_iteration
+            extra = [ContinuingItem(expert, ready, number) for number, expert in enumerate(continuing)]
         bound = self.config.max_wait_iterations
         if bound is None:
-            return self._policy.service_order()
+            return self._policy.service_order(extra)
         ready_limit = self._next_iteration - bound
         queues = self._policy.queues
-        if not any(q.items and q.items[0].ready_iteration <= ready_limit for q in queues):
-            return self._policy.service_order()
+        sources = [q.items for q in queues]
+        if extra:
+            sources.append(extra)  # ready at the next iteration: overdue only when bound is 0
+        if not any(items and items[0].ready_iteration <= ready_limit for items in sources):
+            return self._policy.service_order(extra)
 
         def overdue(request: Request) -> bool:
             return request.ready_iteration <= ready_limit
@@ -337,9 +388,9 @@ class Scheduler:
         # Lazy, because the lookahead usually stops after a few items: a queue holds its items in readiness
         # order, so its overdue items are a prefix, and merging the prefixes gives them oldest first.
         first = heapq.merge(
-            *(itertools.takewhile(overdue, q.items) for q in queues), key=lambda r: (r.ready_iteration, r.index)
+            *(itertools.takewhile(overdue, items) for items in sources), key=lambda r: (r.ready_iteration, r.index)
         )
-        return itertools.chain(first, itertools.filterfalse(overdue, self._policy.service_order()))
+        return itertools.chain(first, itertools.filterfalse(overdue, self._policy.service_order(extra)))
 
     def project_next_batch(self) -> list[Request]:
         """The next batch as the lookahead projects it: ``service_order()`` cut where the next item no longer

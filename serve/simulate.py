@@ -8,7 +8,9 @@ much faster than real time. One iteration:
 2. Schedule: the scheduler forms the batch (``serve.scheduler``).
 3. Cache (when a cache is configured): access the batch's distinct experts (layer by layer for slice units;
    resident keys first, see ``serve.expert_cache``) and count the slices each layer must load. Belady sees the
-   future through a ``QueueLookahead``: the rest of this batch, then the pending work in service order.
+   future through a ``QueueLookahead``: the rest of this batch, then the pending work in service order. With
+   ``lookahead_continuing``, the pending work also holds one guessed decode item per request of this batch that
+   will keep decoding (see ``SimConfig``).
 4. Prefetch (mode ``next``): load the predicted next batch's missing keys (``serve.prefetch``).
 5. Cost: the iteration's duration from the cost model (compute, exposed transfers, link backlog).
 6. Emit: every request in the batch gets a token at the iteration's end: a prefill its first token (TTFT), a
@@ -50,6 +52,12 @@ class SimConfig:
       concurrency: None for open-loop arrivals (the recorded ``arrival_s``), or C closed-loop clients (module
         docstring, "Arrivals").
       think_s: closed loop only: seconds between a request's completion and the issue of the next one.
+      lookahead_continuing: opt-in. The lookahead (Belady, and prefetch's eviction guard) also counts, for each
+        request of the running batch that does not finish at this iteration, a one-token decode item on its
+        current token's expert (a decode's pre-gated expert; a prefill's last prompt token's expert): a
+        temporal-locality guess at the next token, which the router has not gated yet. It sits where the
+        scheduler would put that token when it is submitted (``Scheduler.service_order(continuing)``). The
+        prefetch planner's predicted next batch is unchanged. Default off: unknown next use = never.
     """
 
     scheduler: SchedulerConfig
@@ -59,10 +67,13 @@ class SimConfig:
     record_accesses: bool = False
     concurrency: int | None = None
     think_s: float = 0.0
+    lookahead_continuing: bool = False
 
     def __post_init__(self):
         check_mode(self.prefetch)
         check_concurrency(self.concurrency)
+        if not isinstance(self.lookahead_continuing, bool):
+            raise ServeError(f"lookahead_continuing={self.lookahead_continuing!r} must be a bool")
         if not (isinstance(self.think_s, numbers.Real) and self.think_s >= 0.0 and math.isfinite(self.think_s)):
             raise ServeError(f"think_s={self.think_s!r} must be finite and >= 0")
         if self.think_s and self.concurrency is None:
@@ -105,9 +116,11 @@ class QueueLookahead:
     Positions: the running batch's keys are 0..A-1 in access order (layer-major for slices). ``move_to`` is
     given the last index of the group being accessed, so a key of a later layer of this batch is used at its
     index. Pending item r (in service order) then touches key ``layer * E + e`` at A + r * L + layer, where L
-    is 1 for whole experts and N for slices. Keys found nowhere within ``max_items`` pending items are never used again
-    (``inf``). The scan of the pending work runs once, at the first query, and stops early once every expert
-    with pending work has been seen.
+    is 1 for whole experts and N for slices. ``continuing``: expert ids of hypothetical decode items the
+    scheduler projects with the pending work (``Scheduler.service_order(continuing)``). Keys found nowhere
+    within ``max_items`` pending items are never used again (``inf``). The scan of the pending work runs once,
+    at the first query, and stops early once every expert with pending work (or a continuing item) has been
+    seen.
 
     A sequence cap (``max_batch_requests``) does not change the service order, only where each projected batch
     ends. Projected batch numbers are a non-decreasing function of the rank, so ranking by position gives the
@@ -115,7 +128,7 @@ class QueueLookahead:
     needed at the same iteration, where either eviction costs one load).
     """
 
-    def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items):
+    def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items, continuing=()):
         self._position = 0
         self._batch_index = {key: i for i, key in enumerate(batch_keys)}
         self._base = len(batch_keys)
@@ -124,6 +137,7 @@ class QueueLookahead:
         self._layers = layers
         self._max_items = max_items
         self._first_rank = None
+        self._continuing = continuing
 
     def move_to(self, index: int) -> None:
         """Look from the running batch's access ``index`` (the last of the group being accessed)."""
@@ -141,10 +155,17 @@ class QueueLookahead:
 
     def _scan(self) -> dict:
         first = {}
-        wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
-        if not wanted:
-            return first
-        for rank, request in enumerate(itertools.islice(self._scheduler.service_order(), self._max_items)):
+        continuing = self._continuing
+        if continuing:
+            pending = self._scheduler.pending_by_expert
+            wanted = len({e for e, count in enumerate(pending) if count} | set(continuing))
+            order = self._scheduler.service_order(continuing)
+        else:
+            wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
+            if not wanted:
+                return first
+            order = self._scheduler.service_order()
+        for rank, request in enumerate(itertools.islice(order, self._max_items)):
             for expert in request.work_experts:
                 if expert not in first:
                     first[expert] = rank
@@ -195,6 +216,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     wants_lookahead = cache is not None and (config.cache.policy == "belady" or config.prefetch == "next")
     lookahead_items = config.cache.lookahead_items if config.cache is not None else None
     pipelined = config.prefetch != "none"
+    continuing_mode = config.lookahead_continuing
 
     result = SimResult(requests, [], [], [], [], [], None, None)
     stream_experts, stream_known = [], []
@@ -240,7 +262,10 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
             keys = [layer * num_experts + e for layer in range(num_layers) for e in experts] if slices else experts
             view = None
             if wants_lookahead:
-                view = QueueLookahead(keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items)
+                continuing = _continuing_experts(batch) if continuing_mode else ()
+                view = QueueLookahead(
+                    keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items, continuing
+                )
             missing = _access_batch(cache, keys, view, len(experts))
             if config.prefetch == "next":  # step 4
                 link_ready += _prefetch_next(cache, scheduler, view, keys, cost, slices)
@@ -283,6 +308,20 @@ def _issue(request: Request, time_s: float) -> None:
     """Closed loop: issue ``request`` at ``time_s`` (a re-stamped copy of its spec; the input stays as it was)."""
     request.spec = dataclasses.replace(request.spec, arrival_s=time_s)
     request.ready_s = time_s
+
+
+def _continuing_experts(batch) -> list[int]:
+    """``lookahead_continuing``: for each request of ``batch`` that will not finish at this iteration (step 6
+    finishes it when ``generated + 1 >= num_output``), in batch order (the order step 6 re-submits them), the
+    expert its next token is guessed to use: its current token's expert (a prefill's last prompt token)."""
+    experts = []
+    for request in batch.requests:
+        if request.generated + 1 < request.num_output:
+            if request.state is RequestState.PREFILL:
+                experts.append(request.spec.prompt_experts[-1])
+            else:
+                experts.append(request.queue_expert)
+    return experts
 
 
 def _known_at(batch) -> tuple[int, ...]:
