@@ -2,8 +2,8 @@
 
 ``readme_jax.cli`` owns the one parser and calls ``register(subparsers)``. The work is in ``serve.bench``; this
 module turns flags into configs (bad values raise ``ServeError``, which the CLI prints as ``error: ...`` with
-exit code 2), picks the workload (a JSONL trace, or the synthetic Markov workload), and prints either tables or
-one JSON object. Both commands write a PNG plot unless ``--no-plot``.
+exit code 2), picks the workload (``serve.cli_workload``: a JSONL trace, or the synthetic Markov workload),
+and prints either tables or one JSON object. Both commands write a PNG plot unless ``--no-plot``.
 """
 
 import argparse
@@ -14,23 +14,21 @@ import platform
 
 from serve import bench
 from serve.cache_policies import POLICY_NAMES
+from serve.cli_workload import (
+    DEFAULT_EXPERTS,
+    check_closed_loop,
+    describe,
+    workloads_from_args,
+)
 from serve.cost_model import CostModel, llama2_7b_a100
 from serve.expert_cache import UNITS, CacheConfig
 from serve.prefetch import PREFETCH_MODES
 from serve.scheduler import POLICIES, SchedulerConfig
-from serve.simulate import check_concurrency
-from serve.trace import Trace, TraceHeader, read_trace, write_trace
 from serve.types import ServeError
 from serve.workload import (
     WorkloadConfig,
-    mean_rate,
-    repeat_rate,
-    rescale_rate,
-    retime_arrivals,
-    synthetic_workload,
 )
 
-DEFAULT_EXPERTS = 7  # the paper's Llama-2 model (Table 4 uses capacities 2..5 of 7)
 _WORKLOAD = WorkloadConfig()  # defaults of the synthetic workload
 
 
@@ -211,88 +209,6 @@ def _cost(args, trace_layers) -> CostModel:
     return dataclasses.replace(base, **changes)
 
 
-def _check_closed_loop(args, rates_flag: str, rates) -> None:
-    """--concurrency replaces the arrival process, so the flags that shape arrivals cannot come with it."""
-    if args.concurrency is None:
-        return
-    check_concurrency(args.concurrency)
-    if rates is not None:
-        raise ServeError(
-            f"{rates_flag} sets an open-loop arrival rate; it cannot be combined with --concurrency "
-            f"{args.concurrency} (closed-loop clients issue requests as earlier ones finish)"
-        )
-    if args.arrival_cv is not None:
-        raise ServeError(
-            f"--arrival-cv {args.arrival_cv:g} shapes open-loop arrivals; it cannot be combined with --concurrency "
-            f"{args.concurrency}"
-        )
-
-
-def _workloads(args, rates):
-    """[(rate or None, specs)], E, the trace's layer count, and a description of the workload."""
-    if args.requests is not None and args.requests < 1:
-        raise ServeError(f"--requests {args.requests} must be >= 1")
-    if args.arrival_cv is not None and not (args.arrival_cv > 0.0 and math.isfinite(args.arrival_cv)):
-        raise ServeError(f"--arrival-cv {args.arrival_cv!r}: arrival_cv={args.arrival_cv!r} must be finite and > 0")
-    if args.trace is not None:
-        if args.save_trace is not None:
-            raise ServeError("--save-trace writes a synthetic workload; it cannot be combined with --trace")
-        trace = read_trace(args.trace)
-        num_experts = trace.header.num_experts
-        if args.num_experts is not None and args.num_experts != num_experts:
-            raise ServeError(f"--num-experts {args.num_experts} contradicts the trace's num_experts={num_experts}")
-        specs = list(trace.requests[: args.requests])
-        description = {
-            "trace": str(args.trace),
-            "source": trace.header.source,
-            "requests": len(specs),
-            "trace_rate_per_s": mean_rate(specs),
-            "arrival_cv": args.arrival_cv,
-        }
-        if args.arrival_cv is not None:
-            # A Gamma renewal process with this CV replaces the recorded arrivals; requests and order stay.
-            description["arrival_seed"] = args.seed
-            if rates is None:
-                retimed = retime_arrivals(specs, description["trace_rate_per_s"], args.arrival_cv, args.seed)
-                return [(None, retimed)], num_experts, trace.header.num_layers, description
-            description["redrawn_at_rates_per_s"] = rates
-            workloads = [(rate, retime_arrivals(specs, rate, args.arrival_cv, args.seed)) for rate in rates]
-            return workloads, num_experts, trace.header.num_layers, description
-        if rates is None:
-            return [(None, specs)], num_experts, trace.header.num_layers, description
-        # The recorded arrival pattern, stretched in time: one trace serves every load (serve.workload).
-        description["rescaled_to_rates_per_s"] = rates
-        workloads = [(rate, rescale_rate(specs, rate)) for rate in rates]
-        return workloads, num_experts, trace.header.num_layers, description
-    num_experts = DEFAULT_EXPERTS if args.num_experts is None else args.num_experts
-    workloads = []
-    config = None
-    for rate in rates:
-        config = WorkloadConfig(
-            num_requests=1000 if args.requests is None else args.requests,
-            rate_per_s=rate,
-            num_experts=num_experts,
-            popularity_skew=args.skew,
-            stay=args.stay,
-            home_weight=args.home_weight,
-            prompt_max=args.prompt_max,
-            seed=args.seed,
-            **({} if args.arrival_cv is None else {"arrival_cv": args.arrival_cv}),
-        )
-        workloads.append((rate, synthetic_workload(config)))
-    specs = workloads[0][1]
-    description = {
-        "synthetic": {k: v for k, v in dataclasses.asdict(config).items() if k != "rate_per_s"},
-        "rates_per_s": rates,
-        "arrival_cv": config.arrival_cv,
-        "repeat_rate": repeat_rate(specs),
-    }
-    if args.save_trace is not None:
-        header = TraceHeader(num_experts, None, "synthetic-markov", {"workload": dataclasses.asdict(config)})
-        write_trace(args.save_trace, Trace(header, tuple(workloads[-1][1])))
-    return workloads, num_experts, None, description
-
-
 def _scheduler(args, policy: str) -> SchedulerConfig:
     return SchedulerConfig(
         policy, args.max_batch_tokens, _optional_int(args.max_wait, "--max-wait"), args.max_batch_requests
@@ -330,8 +246,8 @@ def _bench_cache(args) -> int:
     from serve.plots import plot_cache
 
     rates = None if args.rate is None else [args.rate]
-    _check_closed_loop(args, "--rate", rates)
-    workloads, num_experts, trace_layers, description = _workloads(args, rates if args.trace else rates or [6.0])
+    check_closed_loop(args, "--rate", rates)
+    workloads, num_experts, trace_layers, description = workloads_from_args(args, rates if args.trace else rates or [6.0])
     cost = _cost(args, trace_layers)
     capacities = _int_list(args.capacities, "--capacities")
     for capacity in capacities:  # validates each capacity against E (and N for slices)
@@ -356,17 +272,17 @@ def _bench_cache(args) -> int:
         args.lookahead_continuing,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
-    return _finish(args, result, _describe(description, args) + "\n" + bench.format_cache_table(result), plot_cache)
+    return _finish(args, result, describe(description, args) + "\n" + bench.format_cache_table(result), plot_cache)
 
 
 def _bench_sched(args) -> int:
     from serve.plots import plot_sched
 
     rates = None if args.rates is None else _float_list(args.rates, "--rates")
-    _check_closed_loop(args, "--rates", rates)
+    check_closed_loop(args, "--rates", rates)
     # Closed loop ignores arrival times, so a synthetic workload is drawn once (at the default rate 6).
     synthetic_rates = [6.0] if args.concurrency is not None else [6.0, 12.0, 18.0]
-    workloads, num_experts, trace_layers, description = _workloads(
+    workloads, num_experts, trace_layers, description = workloads_from_args(
         args, rates if args.trace else rates or synthetic_rates
     )
     cost = _cost(args, trace_layers)
@@ -395,48 +311,4 @@ def _bench_sched(args) -> int:
         args.lookahead_continuing,
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
-    return _finish(args, result, _describe(description, args) + "\n" + bench.format_sched_table(result), plot_sched)
-
-
-def _describe(description: dict, args) -> str:
-    return _describe_workload(description) + "\n" + _describe_batching(args)
-
-
-def _describe_batching(args) -> str:
-    cap = "none" if args.max_batch_requests is None else args.max_batch_requests
-    if args.concurrency is None:
-        clients = "arrivals: open loop"
-    else:
-        clients = (
-            f"arrivals: closed loop, concurrency={args.concurrency} clients (requests issued in trace order as "
-            f"earlier ones finish; recorded arrival times ignored)"
-        )
-    return (
-        f"batching: max_batch_tokens={args.max_batch_tokens}, max_batch_requests={cap}, max_wait={args.max_wait}\n"
-        + clients
-    )
-
-
-def _describe_workload(description: dict) -> str:
-    if "trace" in description:
-        line = (
-            f"workload: trace {description['trace']} ({description['requests']} requests, "
-            f"{description['trace_rate_per_s']:.3g} requests/s"
-        )
-        if description["arrival_cv"] is not None:
-            redrawn = ",".join(f"{r:g}" for r in description.get("redrawn_at_rates_per_s", [])) or "the trace's rate"
-            line += (
-                f", arrivals redrawn: Gamma renewal, arrival_cv={description['arrival_cv']:g}, "
-                f"seed {description['arrival_seed']}, at {redrawn} requests/s"
-            )
-        elif "rescaled_to_rates_per_s" in description:
-            rescaled = ",".join(f"{r:g}" for r in description["rescaled_to_rates_per_s"])
-            line += f", arrivals rescaled to {rescaled} requests/s"
-        return line + f"); python {platform.python_version()}"
-    synthetic = description["synthetic"]
-    return (
-        f"workload: SYNTHETIC Markov experts, {synthetic['num_requests']} requests, E={synthetic['num_experts']}, "
-        f"arrival_cv={synthetic['arrival_cv']:g}, stay={synthetic['stay']}, home_weight={synthetic['home_weight']}, "
-        f"skew={synthetic['popularity_skew']}, "
-        f"seed={synthetic['seed']}, repeat rate {description['repeat_rate']:.3f}; python {platform.python_version()}"
-    )
+    return _finish(args, result, describe(description, args) + "\n" + bench.format_sched_table(result), plot_sched)
