@@ -20,6 +20,7 @@ Planning the ``next`` loads:
 
 from collections.abc import Iterable
 
+from serve.scheduler import take_until_full
 from serve.types import Request, ServeError
 
 PREFETCH_MODES = ("none", "layer", "next")
@@ -35,18 +36,11 @@ def predict_next_experts(
     service_order: Iterable[Request], max_batch_tokens: int, max_batch_requests: int | None = None
 ) -> list[int]:
     """Steps 1-2: distinct experts of the predicted next batch, in order of first appearance."""
-    seen = []
-    budget = max_batch_tokens
-    slots = -1 if max_batch_requests is None else max_batch_requests  # -1: no cap (never reaches 0)
-    for request in service_order:
-        if request.work_tokens > budget or slots == 0:
-            break
-        budget -= request.work_tokens
-        slots -= 1
+    seen = {}  # a dict keeps first-appearance order
+    for request in take_until_full(service_order, max_batch_tokens, max_batch_requests):
         for expert in request.work_experts:
-            if expert not in seen:
-                seen.append(expert)
-    return seen
+            seen.setdefault(expert)
+    return list(seen)
 
 
 def plan_prefetch(predicted_experts: Iterable[int], resident) -> list[int]:

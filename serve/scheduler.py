@@ -177,9 +177,6 @@ class _ExpertAware:
         return budget
 
     def service_order(self, extra=()) -> Iterator[Request]:
-        if not extra:
-            ordered = sorted(range(len(self.queues)), key=lambda e: -self.queues[e].tokens)
-            return itertools.chain.from_iterable(self.queues[e].items for e in ordered)
         tails = [[] for _ in self.queues]
         for item in extra:
             tails[item.queue_expert].append(item)
@@ -209,8 +206,6 @@ class _PhaseOrdered:
         return budget
 
     def service_order(self, extra=()) -> Iterator[Request]:
-        if not extra:
-            return itertools.chain.from_iterable(q.items for q in self.queues)
         return itertools.chain.from_iterable(
             itertools.chain(q.items, extra) if q is self.decode else q.items for q in self.queues
         )
@@ -228,8 +223,6 @@ class _Fcfs:
         return self.queue.take_prefix(out, budget, limit)
 
     def service_order(self, extra=()) -> Iterator[Request]:
-        if not extra:
-            return iter(self.queue.items)
         return itertools.chain(self.queue.items, extra)
 
 

@@ -155,16 +155,11 @@ class QueueLookahead:
 
     def _scan(self) -> dict:
         first = {}
-        continuing = self._continuing
-        if continuing:
-            pending = self._scheduler.pending_by_expert
-            wanted = len({e for e, count in enumerate(pending) if count} | set(continuing))
-            order = self._scheduler.service_order(continuing)
-        else:
-            wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
-            if not wanted:
-                return first
-            order = self._scheduler.service_order()
+        pending = self._scheduler.pending_by_expert
+        wanted = len({e for e, count in enumerate(pending) if count}.union(self._continuing))
+        if not wanted:
+            return first
+        order = self._scheduler.service_order(self._continuing)
         for rank, request in enumerate(itertools.islice(order, self._max_items)):
             for expert in request.work_experts:
                 if expert not in first:
