@@ -6,7 +6,6 @@ arrivals. Split from ``serve.cli`` so that each file holds one idea: that module
 """
 
 import dataclasses
-import math
 import platform
 
 from serve.simulate import check_concurrency
@@ -14,6 +13,7 @@ from serve.trace import Trace, TraceHeader, read_trace, write_trace
 from serve.types import ServeError
 from serve.workload import (
     WorkloadConfig,
+    check_positive,
     mean_rate,
     repeat_rate,
     rescale_rate,
@@ -45,8 +45,11 @@ def workloads_from_args(args, rates):
     """[(rate or None, specs)], E, the trace's layer count, and a description of the workload."""
     if args.requests is not None and args.requests < 1:
         raise ServeError(f"--requests {args.requests} must be >= 1")
-    if args.arrival_cv is not None and not (args.arrival_cv > 0.0 and math.isfinite(args.arrival_cv)):
-        raise ServeError(f"--arrival-cv {args.arrival_cv!r}: arrival_cv={args.arrival_cv!r} must be finite and > 0")
+    if args.arrival_cv is not None:
+        try:
+            check_positive("arrival_cv", args.arrival_cv)
+        except ServeError as exc:
+            raise ServeError(f"--arrival-cv {args.arrival_cv!r}: {exc}") from None
     if args.trace is not None:
         if args.save_trace is not None:
             raise ServeError("--save-trace writes a synthetic workload; it cannot be combined with --trace")

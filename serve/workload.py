@@ -61,9 +61,7 @@ class WorkloadConfig:
             if not isinstance(value, int) or value < 1:
                 raise ServeError(f"{name}={value!r} must be a positive integer")
         for name in ("rate_per_s", "arrival_cv", "prompt_mean", "output_mean"):
-            value = getattr(self, name)
-            if not value > 0.0 or math.isinf(value):
-                raise ServeError(f"{name}={value!r} must be finite and > 0")
+            check_positive(name, getattr(self, name))
         for name in ("prompt_sigma", "output_sigma", "popularity_skew"):
             value = getattr(self, name)
             if not value >= 0.0 or math.isinf(value):
@@ -80,11 +78,10 @@ class WorkloadConfig:
         return [w / total for w in weights]
 
 
-def check_arrival_process(rate_per_s: float, cv: float) -> None:
-    """Raise ``ServeError`` unless the rate and the coefficient of variation are finite and > 0."""
-    for name, value in (("rate_per_s", rate_per_s), ("arrival_cv", cv)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0.0 or math.isinf(value):
-            raise ServeError(f"{name}={value!r} must be finite and > 0")
+def check_positive(name: str, value) -> None:
+    """Raise ``ServeError`` naming ``name`` unless ``value`` is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0.0 or math.isinf(value):
+        raise ServeError(f"{name}={value!r} must be finite and > 0")
 
 
 def arrival_gap(rng: random.Random, rate_per_s: float, cv: float) -> float:
@@ -193,8 +190,7 @@ def rescale_rate(specs: list[RequestSpec], rate_per_s: float) -> list[RequestSpe
     Scaling time keeps the order of arrivals and the shape of the arrival process (a Poisson process stays a
     Poisson process), so one recorded trace can be replayed at several loads.
     """
-    if not rate_per_s > 0.0 or math.isinf(rate_per_s):
-        raise ServeError(f"rate_per_s={rate_per_s!r} must be finite and > 0")
+    check_positive("rate_per_s", rate_per_s)
     scale = mean_rate(specs) / rate_per_s
     return [dataclasses.replace(spec, arrival_s=spec.arrival_s * scale) for spec in specs]
 
@@ -202,19 +198,17 @@ def rescale_rate(specs: list[RequestSpec], rate_per_s: float) -> list[RequestSpe
 def retime_arrivals(specs: list[RequestSpec], rate_per_s: float, cv: float, seed: int = 0) -> list[RequestSpec]:
     """The same requests, in the same order, with arrival times redrawn from the process of step 1.
 
-    Gaps are drawn from ``random.Random(seed)`` with ``arrival_gap(rate_per_s, cv)``, summed from t = 0, then
-    multiplied by one factor so that ``mean_rate`` of the result is exactly ``rate_per_s``, as ``rescale_rate``
-    does (at cv = 4 and 10,000 requests the drawn span alone would be off by about 4%, one standard deviation).
-    Only ``arrival_s`` changes. With one seed, the gaps drawn at two rates differ by a time scale only (up to
-    rounding; the Gamma scale multiplies a draw that does not depend on the rate), so one seed gives the same
-    burst pattern at every load, like ``rescale_rate`` on a recorded trace.
+    Gaps are drawn from ``random.Random(seed)`` with ``arrival_gap(rate_per_s, cv)`` and summed from t = 0; then
+    ``rescale_rate`` makes ``mean_rate`` of the result exactly ``rate_per_s`` (at cv = 4 and 10,000 requests the
+    drawn span alone would be off by about 4%, one standard deviation). Only ``arrival_s`` changes. With one
+    seed, the gaps drawn at two rates differ by a time scale only (up to rounding; the Gamma scale multiplies a
+    draw that does not depend on the rate), so one seed gives the same burst pattern at every load, like
+    ``rescale_rate`` on a recorded trace.
     """
-    check_arrival_process(rate_per_s, cv)
+    check_positive("rate_per_s", rate_per_s)
+    check_positive("arrival_cv", cv)
     if not specs:
         return []
     rng = random.Random(seed)
-    arrivals = list(itertools.accumulate(arrival_gap(rng, rate_per_s, cv) for _ in specs))
-    if not arrivals[-1] > 0.0:
-        raise ServeError(f"arrival_cv={cv!r} drew every one of {len(specs)} gaps as 0.0: the arrivals have no time span")
-    scale = len(specs) / (arrivals[-1] * rate_per_s)
-    return [dataclasses.replace(spec, arrival_s=t * scale) for spec, t in zip(specs, arrivals)]
+    arrivals = itertools.accumulate(arrival_gap(rng, rate_per_s, cv) for _ in specs)
+    return rescale_rate([dataclasses.replace(spec, arrival_s=t) for spec, t in zip(specs, arrivals)], rate_per_s)
