@@ -58,6 +58,11 @@ def run_cache_bench(
     if regime not in REGIMES:
         raise ServeError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
     key_bytes = cost.slice_bytes * (1 if unit == "slice" else cost.num_layers)
+
+    def sim_config(cache, record: bool = False) -> SimConfig:
+        return SimConfig(scheduler, cost, cache, "layer", record_accesses=record, concurrency=concurrency,
+                         lookahead_continuing=lookahead_continuing)
+
     keys_per_expert = cost.num_layers if unit == "slice" else 1  # a slice access per layer
     record_s = 0.0
     recorded = None
@@ -68,16 +73,7 @@ def run_cache_bench(
             cache = CacheConfig(num_experts, cost.num_layers, capacity, unit, "belady", seed)
         if recorded is None or cache is not None:  # step 1: the resident stream is recorded once
             started = time.perf_counter()
-            config = SimConfig(
-                scheduler,
-                cost,
-                cache,
-                "layer",
-                record_accesses=True,
-                concurrency=concurrency,
-                lookahead_continuing=lookahead_continuing,
-            )
-            run = simulate(specs, num_experts, config)
+            run = simulate(specs, num_experts, sim_config(cache, record=True))
             record_s += time.perf_counter() - started
             recorded = (run, summarize(run))
         run, summary = recorded
@@ -111,15 +107,7 @@ def run_cache_bench(
                     counters = run.cache
                 else:
                     loop_cache = dataclasses.replace(cache, policy=column)
-                    config = SimConfig(
-                        scheduler,
-                        cost,
-                        loop_cache,
-                        "layer",
-                        concurrency=concurrency,
-                        lookahead_continuing=lookahead_continuing,
-                    )
-                    counters = simulate(specs, num_experts, config).cache
+                    counters = simulate(specs, num_experts, sim_config(loop_cache)).cache
                 row["closed_loop"][column] = counters.as_dict()
         rows.append(row)
     first = rows[0] if rows else {"iterations": 0, "accesses_per_iteration": math.nan}
