@@ -34,7 +34,10 @@ class Routes:
     router_T: np.ndarray | None = None  # the trained router's expert, when a trained folder was evaluated
 
     def save(self, path):
-        np.savez(path, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        from readme_jax.atomic import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
 
     @classmethod
     def load(cls, path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 
 MOE_KEY = "readme_moe"
@@ -61,7 +62,7 @@ def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, d
         extra[MOE_KEY]["router"] = dataclasses.asdict(router_cfg)
     folder = save_hf(folder, dense_cfg, tensors, tokenizer=tokenizer, extra_config=extra)
     if report is not None:
-        (folder / "refactor_report.json").write_text(json.dumps(report, indent=2))
+        atomic.write_text(folder / "refactor_report.json", json.dumps(report, indent=2))
     return folder
 
 

@@ -5,10 +5,9 @@ tokens written in the text (``<|im_start|>``) are still recognised, which the ch
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 
 # llama.cpp pre-tokenizer names whose regex splits every digit on its own (SmolLM2 among them).
@@ -61,23 +60,17 @@ class Tokenizer:
     def save(self, folder: Path):
         """Write tokenizer.json and tokenizer_config.json (atomically, each)."""
         folder = Path(folder)
-        _atomic_write(folder / "tokenizer.json", self.tk.to_str())
+        atomic.write_text(folder / "tokenizer.json", self.tk.to_str())
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self.add_bos,
                   "bos_token": self.token(self.bos_id) or None, "eos_token": self.token(self.eos_id) or None,
                   "pad_token": self.token(self.pad_id) or None, "chat_template": self.chat_template}
-        _atomic_write(folder / "tokenizer_config.json", json.dumps(config, indent=2))
-
-
-def _atomic_write(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+        atomic.write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2))
 
 
 def from_gguf(gf) -> Tokenizer:
     """Byte-level BPE from the GGUF fields (``tokenizer.ggml.model == "gpt2"``)."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
 
     kind = gf.field("tokenizer.ggml.model")
     if kind != "gpt2":

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 from train import sharding, steps
 from train.checkpoint import Checkpointer
@@ -335,4 +336,4 @@ def _truncate_metrics(path: Path, global_step: int):
         return
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["global_step"] <= global_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    atomic.write_text(path, "".join(line + "\n" for line in keep))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 from train.config import TrainConfig
 from train.loop import Setup, Trainer
@@ -125,6 +126,4 @@ def metric_summary(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(obj, indent=2, default=str))

@@ -7,6 +7,7 @@ They share a work folder (``--workdir``, default ``out/readme``): ``stats/`` (ac
 import json
 from pathlib import Path
 
+from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 
 DEFAULT_WORKDIR = "out/readme"
@@ -128,7 +129,7 @@ def run_eval(args) -> int:
         report["trained_folder"] = trained.source
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    atomic.write_text(out / "eval.json", json.dumps(report, indent=2))
     routes.save(out / "routes.npz")
     if args.json:
         print(json.dumps(report))
@@ -193,7 +194,7 @@ def run_analyze(args) -> int:
     result = analysis.analyze(routes, report["domains"], E)
     out = workdir / "analysis"
     paths = analysis.plot(result, out)
-    (out / "analysis.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "analysis.json", json.dumps(result, indent=2))
     if args.json:
         print(json.dumps(result))
         return 0
