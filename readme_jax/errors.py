@@ -1,9 +1,9 @@
-"""The one exception type that user-facing code raises for bad input.
+"""The one exception type that user-facing code raises for bad input (``ReadmeJaxError``).
 
-The CLI catches it and prints a single ``error: ...`` line (no traceback) with a non-zero exit code.
-Importing this module imports no jax, so the pure-Python serving code may use it too.
+It is defined in ``kernels.errors`` (the bottom layer, so that the kernels can raise it without importing
+upwards) and re-exported here. Importing this module imports no jax, so the pure-Python serving code may use it.
 """
 
+from kernels.errors import ReadmeJaxError
 
-class ReadmeJaxError(Exception):
-    """Bad input or a broken artifact; the message names the problem."""
+__all__ = ["ReadmeJaxError"]

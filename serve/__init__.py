@@ -1,23 +1,27 @@
-"""Serving core of readme-jax: pre-gated scheduling, expert caching and a trace-driven simulator.
+"""Serving for readme-jax, one room per idea.
 
-Pure Python over ints and floats; no module here imports jax (tests/serve/test_no_jax_import.py checks it).
-Read-ME's router runs before the backbone, so every queued token's expert is known ahead of time. That lets
-the scheduler form batches that touch few experts (``scheduler``), and lets the expert cache evict by Belady's
-farthest-next-use rule over the pre-gated future (``expert_cache``, ``cache_policies``). ``simulate`` replays a
-workload (``workload`` or a ``trace`` file) under a ``cost_model``; ``bench`` and ``cli`` provide the
-``readme-jax bench-cache`` and ``bench-sched`` commands. docs/serving.md describes the design.
+- ``serve.core`` (no jax): requests, pre-gated queues and batching policies (``scheduler``, ``batching``), the
+  expert cache and its eviction policies (``expert_cache``, ``cache_policies``), Belady's view of pending work
+  (``lookahead``), the prefetch planner and the metrics.
+- ``serve.sim`` (no jax): the cost model, workloads and JSONL traces, the event simulator, cache replay, and the
+  ``bench-cache`` / ``bench-sched`` benchmarks.
+- ``serve.routing`` (jax): routing traces from a real Read-ME folder (``readme-jax trace``).
+
+Read-ME's router runs before the backbone, so every queued token's expert is known ahead of time: the scheduler
+forms batches that touch few experts and the cache evicts by Belady's farthest-next-use rule over the pre-gated
+future. This package's top level re-exports the jax-free names; docs/serving.md describes the design.
 """
 
-from serve.cache_policies import POLICY_NAMES, BeladyPolicy, FIFOPolicy, LFUPolicy, LRUPolicy, RandomPolicy, make_policy
-from serve.cache_replay import AccessStream, SequenceLookahead, replay, replay_batches
-from serve.cost_model import CostModel, llama2_7b_a100
-from serve.expert_cache import CacheConfig, CacheCounters, ExpertCache
-from serve.metrics import summarize
-from serve.scheduler import POLICIES, Scheduler, SchedulerConfig
-from serve.simulate import SimConfig, SimResult, simulate
-from serve.trace import Trace, TraceHeader, read_trace, write_trace
-from serve.types import Batch, Request, RequestSpec, RequestState, ServeError
-from serve.workload import WorkloadConfig, synthetic_workload
+from serve.core.cache_policies import POLICY_NAMES, BeladyPolicy, FIFOPolicy, LFUPolicy, LRUPolicy, RandomPolicy, make_policy
+from serve.sim.cache_replay import AccessStream, SequenceLookahead, replay, replay_batches
+from serve.sim.cost_model import CostModel, llama2_7b_a100
+from serve.core.expert_cache import CacheConfig, CacheCounters, ExpertCache
+from serve.core.metrics import summarize
+from serve.core.scheduler import POLICIES, Scheduler, SchedulerConfig
+from serve.sim.simulate import SimConfig, SimResult, simulate
+from serve.sim.trace import Trace, TraceHeader, read_trace, write_trace
+from serve.core.types import Batch, Request, RequestSpec, RequestState, ServeError
+from serve.sim.workload import WorkloadConfig, synthetic_workload
 
 __all__ = [
     "POLICIES",

@@ -108,4 +108,9 @@ def test_gpu_constraints_are_reported():
 
 
 def test_top_level_package_exports():
-    assert kernels.expert_mlp is expert_mlp and kernels.gmm is gmm
+    import kernels.gmm as gmm_package
+
+    assert kernels.expert_mlp is expert_mlp and gmm_package.gmm is gmm
+    assert set(gmm_package.__all__) <= set(dir(kernels)) and kernels.__all__ == gmm_package.__all__
+    with pytest.raises(AttributeError, match="no attribute 'not_a_kernel'"):
+        kernels.not_a_kernel

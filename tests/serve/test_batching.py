@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve.scheduler import POLICIES, Scheduler, SchedulerConfig
-from serve.types import Request, RequestSpec, RequestState, ServeError
+from serve.core.scheduler import POLICIES, Scheduler, SchedulerConfig
+from serve.core.types import Request, RequestSpec, RequestState, ServeError
 
 
 def _decoding(index: int, expert: int) -> Request:

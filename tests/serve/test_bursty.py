@@ -11,8 +11,8 @@ import statistics
 import pytest
 
 from readme_jax.cli import main
-from serve.types import ServeError
-from serve.workload import (
+from serve.core.types import ServeError
+from serve.sim.workload import (
     WorkloadConfig,
     arrival_gap,
     mean_rate,

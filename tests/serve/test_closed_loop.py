@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from readme_jax.cli import main
-from serve.cost_model import llama2_7b_a100
-from serve.expert_cache import CacheConfig
-from serve.metrics import summarize
-from serve.scheduler import POLICIES, SchedulerConfig
-from serve.simulate import SimConfig, simulate
-from serve.types import RequestState, ServeError
-from serve.workload import WorkloadConfig, synthetic_workload
+from serve.sim.cost_model import llama2_7b_a100
+from serve.core.expert_cache import CacheConfig
+from serve.core.metrics import summarize
+from serve.core.scheduler import POLICIES, SchedulerConfig
+from serve.sim.simulate import SimConfig, simulate
+from serve.core.types import RequestState, ServeError
+from serve.sim.workload import WorkloadConfig, synthetic_workload
 
 
 def _workload(n=40, seed=0, experts=4, rate=40.0):
@@ -111,7 +111,7 @@ def _digest(concurrency_field: bool) -> str:
 
 
 def test_open_loop_is_the_simulator_before_closed_loop_existed():
-    # Digest of the metrics dicts recorded with serve/simulate.py of the commit before the option was added.
+    # Digest of the metrics dicts recorded with serve/sim/simulate.py of the commit before the option was added.
     assert _digest(True) == _digest(False) == "442930d95bfda9fd3de6d82554ca2d5e267fe6398724891bbb6576e0636ac52c"
 
 

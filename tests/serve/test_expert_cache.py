@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve.cache_policies import POLICY_NAMES, make_policy
-from serve.cache_replay import AccessStream, SequenceLookahead, replay, replay_batches
-from serve.expert_cache import CacheConfig, ExpertCache
-from serve.types import ServeError
+from serve.core.cache_policies import POLICY_NAMES, make_policy
+from serve.sim.cache_replay import AccessStream, SequenceLookahead, replay, replay_batches
+from serve.core.expert_cache import CacheConfig, ExpertCache
+from serve.core.types import ServeError
 
 
 def brute_force_hits(batches, capacity: int) -> int:

@@ -9,12 +9,14 @@ import json
 import pytest
 
 from readme_jax.cli import main
-from serve.cost_model import CostModel
-from serve.expert_cache import CacheConfig, ExpertCache
-from serve.scheduler import ContinuingItem, Scheduler, SchedulerConfig
-from serve.simulate import QueueLookahead, SimConfig, simulate
-from serve.types import Request, RequestSpec, RequestState, ServeError
-from serve.workload import WorkloadConfig, synthetic_workload
+from serve.sim.cost_model import CostModel
+from serve.core.expert_cache import CacheConfig, ExpertCache
+from serve.core.batching import ContinuingItem
+from serve.core.scheduler import Scheduler, SchedulerConfig
+from serve.core.lookahead import QueueLookahead
+from serve.sim.simulate import SimConfig, simulate
+from serve.core.types import Request, RequestSpec, RequestState, ServeError
+from serve.sim.workload import WorkloadConfig, synthetic_workload
 
 UNIT_COST = CostModel(
     num_layers=2, step_overhead_s=1.0, token_s=0.0, expert_s=0.0, slice_bytes=10, link_bytes_per_s=10.0

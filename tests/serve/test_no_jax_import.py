@@ -1,15 +1,21 @@
-"""The serving core is pure Python: importing any serve module must not import jax (or matplotlib)."""
+"""The serving core and the simulator are pure Python: importing any of their modules imports no jax (or
+matplotlib, which the plots import lazily)."""
 
 import pkgutil
 import subprocess
 import sys
 
-import serve
+import serve.core
+import serve.sim
 
 
-def test_no_serve_module_imports_jax():
-    names = sorted(f"serve.{m.name}" for m in pkgutil.iter_modules(serve.__path__))
-    assert "serve.scheduler" in names and "serve.cli" in names
+def _modules(package) -> list[str]:
+    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.walk_packages(package.__path__))
+
+
+def test_no_core_or_sim_module_imports_jax():
+    names = ["serve", "serve.core", "serve.sim"] + _modules(serve.core) + _modules(serve.sim)
+    assert "serve.core.scheduler" in names and "serve.sim.cli" in names and "serve.sim.simulate" in names
     program = (
         "import importlib, sys\n"
         f"for name in {names!r}:\n"
@@ -18,4 +24,4 @@ def test_no_serve_module_imports_jax():
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"serve modules imported: {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"serve.core / serve.sim modules imported: {out.stdout.strip()}"

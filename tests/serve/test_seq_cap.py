@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from readme_jax.cli import main
-from serve.cost_model import llama2_7b_a100
-from serve.expert_cache import CacheConfig
-from serve.prefetch import predict_next_experts
-from serve.scheduler import POLICIES, Scheduler, SchedulerConfig
-from serve.simulate import SimConfig, simulate
-from serve.types import RequestState, ServeError
-from serve.workload import WorkloadConfig, synthetic_workload
+from serve.sim.cost_model import llama2_7b_a100
+from serve.core.expert_cache import CacheConfig
+from serve.core.prefetch import predict_next_experts
+from serve.core.scheduler import POLICIES, Scheduler, SchedulerConfig
+from serve.sim.simulate import SimConfig, simulate
+from serve.core.types import RequestState, ServeError
+from serve.sim.workload import WorkloadConfig, synthetic_workload
 from tests.serve.test_batching import _decoding, _queued, pending_items
 
 

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve.cost_model import CostModel, llama2_7b_a100
-from serve.expert_cache import CacheConfig
-from serve.metrics import describe, percentile, summarize
-from serve.scheduler import POLICIES, SchedulerConfig
-from serve.simulate import SimConfig, simulate
-from serve.types import RequestSpec, ServeError
-from serve.workload import WorkloadConfig, synthetic_workload
+from serve.sim.cost_model import CostModel, llama2_7b_a100
+from serve.core.expert_cache import CacheConfig
+from serve.core.metrics import describe, percentile, summarize
+from serve.core.scheduler import POLICIES, SchedulerConfig
+from serve.sim.simulate import SimConfig, simulate
+from serve.core.types import RequestSpec, ServeError
+from serve.sim.workload import WorkloadConfig, synthetic_workload
 
 # One second per iteration, nothing else: times below are iteration counts.
 UNIT_COST = CostModel(
@@ -171,7 +171,7 @@ def test_percentiles_match_linear_interpolation():
 
 
 def test_latency_growth_flags_a_growing_queue():
-    from serve.metrics import latency_growth
+    from serve.core.metrics import latency_growth
 
     assert latency_growth([1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0]) == 4.0  # last quarter 4+4 over first 1+1
     assert math.isnan(latency_growth([1.0, 2.0, 3.0]))
@@ -183,7 +183,7 @@ def test_latency_growth_flags_a_growing_queue():
 
 
 def test_memory_limited_cache_bench_replays_the_streams_of_a_server_with_that_cache():
-    from serve.bench import run_cache_bench
+    from serve.sim.bench import run_cache_bench
 
     specs = _small_workload(5, n=60, experts=4, rate=50.0)
     scheduler = SchedulerConfig("expert-aware", 12, 16)

@@ -1,4 +1,4 @@
-"""``readme-jax trace``: held-out text of a tiny MoE folder becomes a trace that serve.trace reads back."""
+"""``readme-jax trace``: held-out text of a tiny MoE folder becomes a trace that serve.sim.trace reads back."""
 
 import json
 
@@ -9,7 +9,7 @@ from flax import nnx
 
 import readme_jax
 from readme_jax import oracle, refactor
-from readme_jax import routing_trace as trace_cmd
+from serve.routing import tracegen as trace_cmd
 from readme_jax.cli import main
 from readme_jax.data import fixture_source
 from readme_jax.errors import ReadmeJaxError
@@ -17,8 +17,8 @@ from readme_jax.lm import jax_to_numpy
 from readme_jax.moe_io import read_moe_folder, save_moe
 from readme_jax.router import RouterConfig, init_router
 from readme_jax.weights import build_model
-from serve.trace import read_trace, trace_lines
-from serve.workload import repeat_rate
+from serve.sim.trace import read_trace, trace_lines
+from serve.sim.workload import repeat_rate
 from tests.helpers import tiny_config, tiny_model
 from tests.model.test_loaders import VOCAB, tiny_tokenizer
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve.trace import Trace, TraceHeader, parse_trace, read_trace, write_trace
-from serve.types import RequestSpec, ServeError
+from serve.sim.trace import Trace, TraceHeader, parse_trace, read_trace, write_trace
+from serve.core.types import RequestSpec, ServeError
 
 HEADER = json.dumps({"format": "readme-jax-trace", "version": 1, "num_experts": 4, "num_layers": 2})
 

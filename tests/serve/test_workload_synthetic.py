@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from serve.types import ServeError
-from serve.workload import WorkloadConfig, repeat_rate, synthetic_workload
+from serve.core.types import ServeError
+from serve.sim.workload import WorkloadConfig, repeat_rate, synthetic_workload
 
 
 def test_same_seed_same_workload_and_other_seed_differs():
@@ -62,7 +62,7 @@ def test_workload_config_rejects_bad_values(kwargs, message):
 
 
 def test_rescaled_arrivals_keep_order_and_hit_the_rate():
-    from serve.workload import mean_rate, rescale_rate
+    from serve.sim.workload import mean_rate, rescale_rate
 
     specs = synthetic_workload(WorkloadConfig(num_requests=200, rate_per_s=6.0, seed=1))
     slower = rescale_rate(specs, 2.0)

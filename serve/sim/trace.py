@@ -19,7 +19,7 @@ Every further line is one request, in non-decreasing ``arrival_s``::
 - ``id`` (string, unique), ``arrival_s`` (seconds, finite, >= 0), ``max_new_tokens`` (int >= 1),
   ``prompt_experts`` and ``output_experts`` (non-empty lists of ints in [0, num_experts)) are required.
 - ``output_experts[j]`` is the router's expert for generated token j; its length is the number of generated
-  tokens and may not exceed ``max_new_tokens`` (see ``serve.types`` for how a replay uses it).
+  tokens and may not exceed ``max_new_tokens`` (see ``serve.core.types`` for how a replay uses it).
 - ``prompt_ids`` / ``output_ids`` (token ids, same lengths as the expert lists) and ``meta`` are optional.
 
 Reading is strict: a malformed line, a missing or unknown field, a wrong type, an expert id out of range, an
@@ -33,7 +33,7 @@ import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from serve.types import RequestSpec, ServeError
+from serve.core.types import RequestSpec, ServeError
 
 FORMAT = "readme-jax-trace"
 VERSION = 1

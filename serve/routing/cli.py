@@ -1,11 +1,11 @@
-"""``readme-jax trace``: held-out domain text -> a JSONL routing trace (``readme_jax.routing_trace``)."""
+"""``readme-jax trace``: held-out domain text -> a JSONL routing trace (``serve.routing.tracegen``)."""
 
 import json
 import sys
 import time
 from pathlib import Path
 
-from readme_jax.routing_trace import (
+from serve.routing.tracegen import (
     DEFAULT_RATE,
     DEFAULT_WORKDIR,
     ROUTINGS,

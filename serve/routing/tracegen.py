@@ -1,6 +1,6 @@
 """Routing traces: held-out domain text -> a JSONL request trace for the serving simulator.
 
-The library side of ``readme-jax trace`` (``readme_jax.commands.trace``):
+The library side of ``readme-jax trace`` (``serve.routing.cli``):
 
 1. Text: the held-out documents of every domain of the MoE folder (expert order), ordered as
    ``corpus_blocks.domain_blocks`` orders them and cut into pieces of whole lines of at most ``doc_chars``
@@ -15,12 +15,12 @@ The library side of ``readme-jax trace`` (``readme_jax.commands.trace``):
    Sequences are right-padded to one [batch, length] shape (one compile); by causality the padding never
    changes a real token's expert.
 3. Requests, from one seeded ``random.Random`` (a seed fixes the whole trace): Poisson arrivals at ``rate``;
-   prompt and output lengths drawn exactly as ``serve.workload`` draws them (Chatbot-Arena-like log-normals);
+   prompt and output lengths drawn exactly as ``serve.sim.workload`` draws them (Chatbot-Arena-like log-normals);
    a domain drawn uniformly, then that domain's next sequence in a seeded shuffled cycle (so text is reused
    only once every sequence of the domain has been used). The prompt is the sequence's first p tokens and
    the output the next o; when the text is shorter than p + o, the prompt keeps at least one output token
    and the output is cut. ``max_new_tokens`` is ``output_max`` for every request, as in the synthetic workload.
-4. The trace goes through ``serve.trace``'s validation and is written atomically (temp file + rename). The
+4. The trace goes through ``serve.sim.trace``'s validation and is written atomically (temp file + rename). The
    header's ``meta`` says how much text was reused and clipped; each request's ``meta`` names its domain and
    document.
 """
@@ -156,8 +156,8 @@ def draw_requests(sequences: list[TextSequence], domain_names, num_requests: int
     """Step 3: (RequestSpecs in arrival order, statistics of text reuse and clipping)."""
     import random
 
-    from serve.types import RequestSpec
-    from serve.workload import (  # the synthetic workload's length law
+    from serve.core.types import RequestSpec
+    from serve.sim.workload import (  # the synthetic workload's length law
         WorkloadConfig,
         lognormal_length,
     )
@@ -241,12 +241,12 @@ def _oracle_experts(parts: dict):
 def make_trace(folder, routing: str | None = None, num_requests: int = 1000, rate: float = DEFAULT_RATE,
                seed: int = 0, seqs_per_domain: int = 32, doc_chars: int = 4096, batch_size: int = 4,
                domains=None, progress: bool = True, log=print):
-    """Steps 1-3: (serve.trace.Trace, summary dict). ``domains``: a DomainSet in the folder's expert order
+    """Steps 1-3: (serve.sim.trace.Trace, summary dict). ``domains``: a DomainSet in the folder's expert order
     (default: the registry's domains of those names)."""
 
     from readme_jax.moe_io import is_moe_folder, read_moe_folder
-    from serve.trace import Trace, TraceHeader
-    from serve.workload import WorkloadConfig
+    from serve.sim.trace import Trace, TraceHeader
+    from serve.sim.workload import WorkloadConfig
 
     check_options(routing, num_requests, rate, seqs_per_domain, doc_chars, batch_size)
     folder = Path(folder)
@@ -320,7 +320,7 @@ def make_trace(folder, routing: str | None = None, num_requests: int = 1000, rat
 
 def summarize_trace(trace, domain_names) -> dict:
     """Requests, tokens, the expert histogram, temporal locality and domain agreement of a trace."""
-    from serve.workload import repeat_rate
+    from serve.sim.workload import repeat_rate
 
     E = trace.header.num_experts
     counts = [0] * E
@@ -350,8 +350,8 @@ def summarize_trace(trace, domain_names) -> dict:
 
 
 def write_trace_atomic(path, trace) -> Path:
-    """Validate (serve.trace.trace_lines), write a temp file beside ``path``, then rename it into place."""
-    from serve.trace import trace_lines
+    """Validate (serve.sim.trace.trace_lines), write a temp file beside ``path``, then rename it into place."""
+    from serve.sim.trace import trace_lines
 
     path = Path(path)
     lines = list(trace_lines(trace))  # raises before anything is written

@@ -20,9 +20,9 @@ import dataclasses
 import heapq
 import math
 
-from serve.cache_policies import NO_LOOKAHEAD, make_policy
-from serve.expert_cache import CacheCounters, ExpertCache
-from serve.types import ServeError
+from serve.core.cache_policies import NO_LOOKAHEAD, make_policy
+from serve.core.expert_cache import CacheCounters, ExpertCache
+from serve.core.types import ServeError
 
 LOOKAHEADS = ("full", "pregated")
 

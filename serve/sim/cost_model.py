@@ -19,7 +19,7 @@ The constants are parameters. ``llama2_7b_a100()`` derives them from spec-sheet 
 
 import dataclasses
 
-from serve.types import ServeError
+from serve.core.types import ServeError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

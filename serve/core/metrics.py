@@ -19,8 +19,6 @@ so its growth rises less than its latencies do.
 
 import math
 
-from serve.simulate import SimResult
-
 
 def percentile(values, q: float) -> float:
     """The q-th percentile (0..100) with linear interpolation, as numpy's default method."""
@@ -58,8 +56,11 @@ def latency_growth(normalized_in_arrival_order) -> float:
     return last / first if first > 0 else math.nan
 
 
-def summarize(result: SimResult) -> dict:
-    """One flat-ish dict of every metric of a run (JSON-serializable)."""
+def summarize(result) -> dict:
+    """One flat-ish dict of every metric of a run (JSON-serializable).
+
+    ``result`` is a ``serve.sim.simulate.SimResult`` or any record of the same shape (the real engine's).
+    """
     ttft, tpot, e2e, normalized = [], [], [], []  # in workload (arrival) order
     generated = 0
     max_wait = 0

@@ -1,6 +1,6 @@
 """Synthetic workloads: Poisson or bursty arrivals, chat-like lengths, expert sequences from a Markov model.
 
-Used until routing traces from the real router exist (then ``serve.trace`` files are replayed instead). One
+Used until routing traces from the real router exist (then ``serve.sim.trace`` files are replayed instead). One
 request is drawn as follows, from a single seeded generator, so a seed fixes the whole workload:
 
 1. Arrival: inter-arrival gaps are independent Gamma variables with mean 1 / ``rate_per_s`` and coefficient of
@@ -32,7 +32,7 @@ import itertools
 import math
 import random
 
-from serve.types import RequestSpec, ServeError
+from serve.core.types import RequestSpec, ServeError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

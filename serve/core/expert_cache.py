@@ -28,8 +28,8 @@ Access model. One batch (or, for slices, one layer of a batch) needs a set of ke
 import dataclasses
 from typing import Protocol
 
-from serve.cache_policies import NO_LOOKAHEAD, POLICY_NAMES, EvictionPolicy, Lookahead, make_policy
-from serve.types import ServeError
+from serve.core.cache_policies import NO_LOOKAHEAD, POLICY_NAMES, EvictionPolicy, Lookahead, make_policy
+from serve.core.types import ServeError
 
 UNITS = ("expert", "slice")
 

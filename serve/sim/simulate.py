@@ -5,13 +5,13 @@ much faster than real time. One iteration:
 
 1. Admit: requests whose decode token was emitted by the previous iteration, then arrivals up to now, become
    ready (their work is pre-gated already). If nothing is pending, jump to the next arrival.
-2. Schedule: the scheduler forms the batch (``serve.scheduler``).
+2. Schedule: the scheduler forms the batch (``serve.core.scheduler``).
 3. Cache (when a cache is configured): access the batch's distinct experts (layer by layer for slice units;
-   resident keys first, see ``serve.expert_cache``) and count the slices each layer must load. Belady sees the
+   resident keys first, see ``serve.core.expert_cache``) and count the slices each layer must load. Belady sees the
    future through a ``QueueLookahead``: the rest of this batch, then the pending work in service order. With
    ``lookahead_continuing``, the pending work also holds one guessed decode item per request of this batch that
    will keep decoding (see ``SimConfig``).
-4. Prefetch (mode ``next``): load the predicted next batch's missing keys (``serve.prefetch``).
+4. Prefetch (mode ``next``): load the predicted next batch's missing keys (``serve.core.prefetch``).
 5. Cost: the iteration's duration from the cost model (compute, exposed transfers, link backlog).
 6. Emit: every request in the batch gets a token at the iteration's end: a prefill its first token (TTFT), a
    decode its next one. A request that has all its tokens finishes; the others have their new token pre-gated
@@ -31,12 +31,13 @@ import itertools
 import math
 import numbers
 
-from serve.cache_replay import AccessStream
-from serve.cost_model import CostModel
-from serve.expert_cache import CacheConfig, CacheCounters, ExpertCache
-from serve.prefetch import check_mode, plan_prefetch, predict_next_experts
-from serve.scheduler import Scheduler, SchedulerConfig
-from serve.types import Request, RequestSpec, RequestState, ServeError
+from serve.sim.cache_replay import AccessStream
+from serve.sim.cost_model import CostModel
+from serve.core.expert_cache import CacheConfig, CacheCounters, ExpertCache
+from serve.core.prefetch import check_mode, plan_prefetch, predict_next_experts
+from serve.core.lookahead import QueueLookahead
+from serve.core.scheduler import Scheduler, SchedulerConfig
+from serve.core.types import Request, RequestSpec, RequestState, ServeError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class SimConfig:
       scheduler: batching policy and budget.
       cost: cost model; its num_layers must match the cache's.
       cache: expert cache, or None when every expert stays resident (no transfers).
-      prefetch: ``none``, ``layer`` or ``next`` (serve.prefetch).
+      prefetch: ``none``, ``layer`` or ``next`` (serve.core.prefetch).
       record_accesses: keep the per-iteration expert accesses (for offline cache replay).
       concurrency: None for open-loop arrivals (the recorded ``arrival_s``), or C closed-loop clients (module
         docstring, "Arrivals").
@@ -94,7 +95,7 @@ def check_concurrency(concurrency) -> None:
 
 @dataclasses.dataclass(slots=True)
 class SimResult:
-    """Everything a run produced; ``serve.metrics.summarize`` turns it into numbers."""
+    """Everything a run produced; ``serve.core.metrics.summarize`` turns it into numbers."""
 
     requests: list[Request]
     batch_start_s: list[float]
@@ -108,65 +109,6 @@ class SimResult:
     @property
     def num_iterations(self) -> int:
         return len(self.batch_tokens)
-
-
-class QueueLookahead:
-    """Belady's view of the future inside the simulator (step 3 of the module docstring).
-
-    Positions: the running batch's keys are 0..A-1 in access order (layer-major for slices). ``move_to`` is
-    given the last index of the group being accessed, so a key of a later layer of this batch is used at its
-    index. Pending item r (in service order) then touches key ``layer * E + e`` at A + r * L + layer, where L
-    is 1 for whole experts and N for slices. ``continuing``: expert ids of hypothetical decode items the
-    scheduler projects with the pending work (``Scheduler.service_order(continuing)``). Keys found nowhere
-    within ``max_items`` pending items are never used again (``inf``). The scan of the pending work runs once,
-    at the first query, and stops early once every expert with pending work (or a continuing item) has been
-    seen.
-
-    A sequence cap (``max_batch_requests``) does not change the service order, only where each projected batch
-    ends. Projected batch numbers are a non-decreasing function of the rank, so ranking by position gives the
-    same eviction order as ranking by projected batch, up to ties between keys of one projected batch (both
-    needed at the same iteration, where either eviction costs one load).
-    """
-
-    def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items, continuing=()):
-        self._position = 0
-        self._batch_index = {key: i for i, key in enumerate(batch_keys)}
-        self._base = len(batch_keys)
-        self._scheduler = scheduler
-        self._num_experts = num_experts
-        self._layers = layers
-        self._max_items = max_items
-        self._first_rank = None
-        self._continuing = continuing
-
-    def move_to(self, index: int) -> None:
-        """Look from the running batch's access ``index`` (the last of the group being accessed)."""
-        self._position = index
-
-    def next_use(self, key: int) -> float:
-        index = self._batch_index.get(key)
-        if index is not None and index > self._position:
-            return index
-        if self._first_rank is None:
-            self._first_rank = self._scan()
-        layer, expert = divmod(key, self._num_experts)
-        rank = self._first_rank.get(expert)
-        return math.inf if rank is None else self._base + rank * self._layers + layer
-
-    def _scan(self) -> dict:
-        first = {}
-        pending = self._scheduler.pending_by_expert
-        wanted = len({e for e, count in enumerate(pending) if count}.union(self._continuing))
-        if not wanted:
-            return first
-        order = self._scheduler.service_order(self._continuing)
-        for rank, request in enumerate(itertools.islice(order, self._max_items)):
-            for expert in request.work_experts:
-                if expert not in first:
-                    first[expert] = rank
-            if len(first) == wanted:
-                break
-        return first
 
 
 def _validate(specs, num_experts: int, check_order: bool = True) -> list[Request]:

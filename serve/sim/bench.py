@@ -6,13 +6,13 @@ bench-cache (Table 4 style):
    ``memory-limited``: once per capacity, with a cache of that capacity (Belady) in the loop. The cache decides
    how long iterations take, hence how much work piles up and which batches the policy forms, so a stream
    recorded with every expert resident is not the one a memory-limited server replays.
-2. Replay each stream through every policy at its capacity (``serve.cache_replay``). ``belady`` sees only
+2. Replay each stream through every policy at its capacity (``serve.sim.cache_replay``). ``belady`` sees only
    pre-gated work (optionally within a window of iterations); ``belady-offline`` sees the whole recorded future
    and is the optimum any policy could reach on this stream.
 3. Memory-limited only: also simulate the server with each online policy in the loop ("closed loop" in the
    JSON key ``closed_loop``: the cache's loop, unrelated to closed-loop clients, ``concurrency``). Its hit
    ratio is what that policy would get serving the workload, with the simulator's own lookahead for Belady
-   (``serve.simulate.QueueLookahead``), which knows only the pending work and not the recorded future order.
+   (``serve.core.lookahead.QueueLookahead``), which knows only the pending work and not the recorded future order.
 4. Report hit ratio and bytes moved per (capacity, policy).
 
 bench-sched:
@@ -26,12 +26,12 @@ import dataclasses
 import math
 import time
 
-from serve.cache_replay import replay
-from serve.expert_cache import CacheConfig
-from serve.metrics import summarize
-from serve.scheduler import SchedulerConfig
-from serve.simulate import SimConfig, simulate
-from serve.types import ServeError
+from serve.sim.cache_replay import replay
+from serve.core.expert_cache import CacheConfig
+from serve.core.metrics import summarize
+from serve.core.scheduler import SchedulerConfig
+from serve.sim.simulate import SimConfig, simulate
+from serve.core.types import ServeError
 
 CACHE_COLUMNS = ("random", "fifo", "lru", "lfu", "belady", "belady-offline")
 REGIMES = ("resident", "memory-limited")

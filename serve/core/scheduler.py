@@ -33,7 +33,7 @@ only the token budget applies.
 
 ``Scheduler.service_order()`` is the lookahead: the pending items in the order they would be served if nothing
 new arrived. The cap does not change that order, only where the next batch ends; ``project_next_batch()`` cuts
-the order at both limits (the prefetch planner's prediction, serve.prefetch).
+the order at both limits (the prefetch planner's prediction, serve.core.prefetch).
 
 ``service_order(continuing)`` also projects hypothetical one-token decode items (``ContinuingItem``), one per
 expert id of ``continuing``: the running batch's requests that will submit a next token, guessed to stay on
@@ -45,17 +45,15 @@ tail (fcfs). They are ready at the next iteration, so they are overdue only when
 Time is never read here: the caller passes the iteration index.
 """
 
-import collections
 import dataclasses
 import heapq
 import itertools
-import sys
 from collections.abc import Iterator
 
-from serve.types import Batch, Request, RequestState, ServeError
+from serve.core.batching import NO_CAP, ContinuingItem, make_batching, take_until_full
+from serve.core.types import Batch, Request, RequestState, ServeError
 
 POLICIES = ("expert-aware", "decode-first", "prefill-first", "fcfs")
-_NO_CAP = sys.maxsize  # the slot limit without a sequence cap: never reached
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,144 +92,7 @@ class SchedulerConfig:
     @property
     def slot_limit(self) -> int:
         """Work items one batch may hold (a number larger than any queue when there is no cap)."""
-        return _NO_CAP if self.max_batch_requests is None else self.max_batch_requests
-
-
-class FifoQueue:
-    """A deque of requests plus the number of tokens their pending items hold."""
-
-    __slots__ = ("items", "tokens")
-
-    def __init__(self):
-        self.items = collections.deque()
-        self.tokens = 0
-
-    def push(self, request: Request) -> None:
-        self.items.append(request)
-        self.tokens += request.work_tokens
-
-    def pop(self) -> Request:
-        request = self.items.popleft()
-        self.tokens -= request.work_tokens
-        return request
-
-    def take_prefix(self, out: list, budget: int, limit: int) -> int:
-        """Move heads into ``out`` while they fit ``budget`` and ``out`` holds fewer than ``limit`` items;
-        returns the budget left."""
-        items = self.items
-        while items and items[0].work_tokens <= budget and len(out) < limit:
-            request = items.popleft()
-            self.tokens -= request.work_tokens
-            budget -= request.work_tokens
-            out.append(request)
-        return budget
-
-    def take_all(self, out: list) -> int:
-        """Move every item into ``out``; returns the tokens moved."""
-        tokens = self.tokens
-        out.extend(self.items)
-        self.items.clear()
-        self.tokens = 0
-        return tokens
-
-
-class ContinuingItem:
-    """A hypothetical pending decode item of ``service_order(continuing)``: one token on one expert.
-
-    It has the attributes a lookahead reads from a ``Request`` (``work_experts``, ``work_tokens``,
-    ``queue_expert``, ``ready_iteration``, ``index``); ``index`` is its position in ``continuing``.
-    """
-
-    __slots__ = ("work_experts", "queue_expert", "ready_iteration", "index")
-    work_tokens = 1
-
-    def __init__(self, expert: int, ready_iteration: int, index: int):
-        self.work_experts = (expert,)
-        self.queue_expert = expert
-        self.ready_iteration = ready_iteration
-        self.index = index
-
-    def __repr__(self) -> str:
-        return f"ContinuingItem(expert={self.queue_expert}, ready_iteration={self.ready_iteration})"
-
-
-class _ExpertAware:
-    def __init__(self, num_experts: int):
-        self.queues = [FifoQueue() for _ in range(num_experts)]
-
-    def queue_for(self, request: Request) -> FifoQueue:
-        return self.queues[request.queue_expert]
-
-    def fill(self, out: list, budget: int, limit: int) -> int:
-        queues = self.queues
-        while budget > 0 and len(out) < limit:
-            # max() returns the first maximal queue, i.e. the lowest expert id on ties.
-            largest = max(queues, key=_tokens)
-            if largest.tokens == 0:
-                break  # every queue is empty (the printed pseudo-code would loop forever here)
-            if largest.tokens <= budget and len(largest.items) <= limit - len(out):
-                budget -= largest.take_all(out)
-                continue
-            budget = largest.take_prefix(out, budget, limit)
-            break
-        return budget
-
-    def service_order(self, extra=()) -> Iterator[Request]:
-        tails = [[] for _ in self.queues]
-        for item in extra:
-            tails[item.queue_expert].append(item)
-        # Each extra item adds one token to its queue; sorted() is stable, so ties keep the lowest id first.
-        ordered = sorted(range(len(self.queues)), key=lambda e: -(self.queues[e].tokens + len(tails[e])))
-        return itertools.chain.from_iterable(itertools.chain(self.queues[e].items, tails[e]) for e in ordered)
-
-
-def _tokens(queue: FifoQueue) -> int:
-    return queue.tokens
-
-
-class _PhaseOrdered:
-    """Two queues (decode, prefill) drained in a fixed order."""
-
-    def __init__(self, decode_first: bool):
-        self.decode = FifoQueue()
-        self.prefill = FifoQueue()
-        self.queues = [self.decode, self.prefill] if decode_first else [self.prefill, self.decode]
-
-    def queue_for(self, request: Request) -> FifoQueue:
-        return self.prefill if request.state is RequestState.QUEUED else self.decode
-
-    def fill(self, out: list, budget: int, limit: int) -> int:
-        for queue in self.queues:
-            budget = queue.take_prefix(out, budget, limit)
-        return budget
-
-    def service_order(self, extra=()) -> Iterator[Request]:
-        return itertools.chain.from_iterable(
-            itertools.chain(q.items, extra) if q is self.decode else q.items for q in self.queues
-        )
-
-
-class _Fcfs:
-    def __init__(self):
-        self.queue = FifoQueue()
-        self.queues = [self.queue]
-
-    def queue_for(self, request: Request) -> FifoQueue:
-        return self.queue
-
-    def fill(self, out: list, budget: int, limit: int) -> int:
-        return self.queue.take_prefix(out, budget, limit)
-
-    def service_order(self, extra=()) -> Iterator[Request]:
-        return itertools.chain(self.queue.items, extra)
-
-
-def _make_policy(name: str, num_experts: int):
-    if name == "expert-aware":
-        return _ExpertAware(num_experts)
-    if name == "fcfs":
-        return _Fcfs()
-    return _PhaseOrdered(decode_first=(name == "decode-first"))
+        return NO_CAP if self.max_batch_requests is None else self.max_batch_requests
 
 
 class Scheduler:
@@ -242,7 +103,7 @@ class Scheduler:
             raise ServeError(f"num_experts={num_experts!r} must be a positive integer")
         self.config = config
         self.num_experts = num_experts
-        self._policy = _make_policy(config.policy, num_experts)
+        self._policy = make_batching(config.policy, num_experts)
         self._num_pending = 0
         self._next_iteration = 0  # the iteration the next batch will most likely be formed at
         # Pending items touching each expert; lets a lookahead stop once it has seen every expert in use.
@@ -395,16 +256,3 @@ class Scheduler:
         other queue.
         """
         return take_until_full(self.service_order(), self.config.max_batch_tokens, self.config.max_batch_requests)
-
-
-def take_until_full(order, max_batch_tokens: int, max_batch_requests: int | None = None) -> list[Request]:
-    """Items of ``order`` from the start, until one does not fit the tokens left or no slot is left."""
-    taken = []
-    budget = max_batch_tokens
-    limit = _NO_CAP if max_batch_requests is None else max_batch_requests
-    for request in order:
-        if request.work_tokens > budget or len(taken) >= limit:
-            break
-        budget -= request.work_tokens
-        taken.append(request)
-    return taken

@@ -20,8 +20,8 @@ Planning the ``next`` loads:
 
 from collections.abc import Iterable
 
-from serve.scheduler import take_until_full
-from serve.types import Request, ServeError
+from serve.core.batching import take_until_full
+from serve.core.types import Request, ServeError
 
 PREFETCH_MODES = ("none", "layer", "next")
 

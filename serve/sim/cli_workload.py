@@ -2,16 +2,16 @@
 
 A trace file (its recorded arrivals, rescaled to ``--rate(s)``, or redrawn with ``--arrival-cv``) or the
 synthetic Markov workload; ``--concurrency`` (closed-loop clients) excludes the flags that shape open-loop
-arrivals. Split from ``serve.cli`` so that each file holds one idea: that module parses and prints.
+arrivals. Split from ``serve.sim.cli`` so that each file holds one idea: that module parses and prints.
 """
 
 import dataclasses
 import platform
 
-from serve.simulate import check_concurrency
-from serve.trace import Trace, TraceHeader, read_trace, write_trace
-from serve.types import ServeError
-from serve.workload import (
+from serve.sim.simulate import check_concurrency
+from serve.sim.trace import Trace, TraceHeader, read_trace, write_trace
+from serve.core.types import ServeError
+from serve.sim.workload import (
     WorkloadConfig,
     check_positive,
     mean_rate,
@@ -76,7 +76,7 @@ def workloads_from_args(args, rates):
             return workloads, num_experts, trace.header.num_layers, description
         if rates is None:
             return [(None, specs)], num_experts, trace.header.num_layers, description
-        # The recorded arrival pattern, stretched in time: one trace serves every load (serve.workload).
+        # The recorded arrival pattern, stretched in time: one trace serves every load (serve.sim.workload).
         description["rescaled_to_rates_per_s"] = rates
         workloads = [(rate, rescale_rate(specs, rate)) for rate in rates]
         return workloads, num_experts, trace.header.num_layers, description

@@ -1,12 +1,12 @@
 """Eviction policies for the expert cache: Belady, LRU, LFU, FIFO, Random.
 
-A policy only answers "which resident key goes?"; the cache (``serve.expert_cache``) owns the resident set and
+A policy only answers "which resident key goes?"; the cache (``serve.core.expert_cache``) owns the resident set and
 the counters, and storage (device buffers) sits below the cache. Keys are ints: an expert id, or
 ``layer * num_experts + expert`` for per-layer expert slices. ``clock`` is the cache's access counter.
 
 Belady (farthest next use; on this access model it matches the brute-force optimum, see the tests):
 
-1. The candidates are the resident keys, the one just loaded included (``serve.expert_cache``). Ask the
+1. The candidates are the resident keys, the one just loaded included (``serve.core.expert_cache``). Ask the
    lookahead for each one's next use after the current batch (or layer): a position in the future access
    order, or ``inf`` when the known future (the pre-gated work in the window) never uses it again.
 2. Drop the candidate with the farthest next use; keys never used again go first.
@@ -19,7 +19,7 @@ import math
 import random
 from typing import Protocol
 
-from serve.types import ServeError
+from serve.core.types import ServeError
 
 POLICY_NAMES = ("belady", "lru", "lfu", "fifo", "random")
 

@@ -1,0 +1,166 @@
+"""The batching policies' queues: which FIFO queues exist and in what order they are drained.
+
+``Scheduler`` (serve.core.scheduler) holds one policy object and asks it to ``fill`` a batch, to say which queue
+a request waits in (``queue_for``) and in what order the pending items would be served (``service_order``);
+the policies themselves are described in the scheduler's module docstring. ``take_until_full`` cuts such an
+order where a batch's token budget or sequence cap is reached (the prefetch planner's projection).
+"""
+
+import collections
+import itertools
+import sys
+from collections.abc import Iterator
+
+from serve.core.types import Request, RequestState
+
+NO_CAP = sys.maxsize  # the slot limit without a sequence cap: never reached
+
+
+class FifoQueue:
+    """A deque of requests plus the number of tokens their pending items hold."""
+
+    __slots__ = ("items", "tokens")
+
+    def __init__(self):
+        self.items = collections.deque()
+        self.tokens = 0
+
+    def push(self, request: Request) -> None:
+        self.items.append(request)
+        self.tokens += request.work_tokens
+
+    def pop(self) -> Request:
+        request = self.items.popleft()
+        self.tokens -= request.work_tokens
+        return request
+
+    def take_prefix(self, out: list, budget: int, limit: int) -> int:
+        """Move heads into ``out`` while they fit ``budget`` and ``out`` holds fewer than ``limit`` items;
+        returns the budget left."""
+        items = self.items
+        while items and items[0].work_tokens <= budget and len(out) < limit:
+            request = items.popleft()
+            self.tokens -= request.work_tokens
+            budget -= request.work_tokens
+            out.append(request)
+        return budget
+
+    def take_all(self, out: list) -> int:
+        """Move every item into ``out``; returns the tokens moved."""
+        tokens = self.tokens
+        out.extend(self.items)
+        self.items.clear()
+        self.tokens = 0
+        return tokens
+
+
+class ContinuingItem:
+    """A hypothetical pending decode item of ``service_order(continuing)``: one token on one expert.
+
+    It has the attributes a lookahead reads from a ``Request`` (``work_experts``, ``work_tokens``,
+    ``queue_expert``, ``ready_iteration``, ``index``); ``index`` is its position in ``continuing``.
+    """
+
+    __slots__ = ("work_experts", "queue_expert", "ready_iteration", "index")
+    work_tokens = 1
+
+    def __init__(self, expert: int, ready_iteration: int, index: int):
+        self.work_experts = (expert,)
+        self.queue_expert = expert
+        self.ready_iteration = ready_iteration
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"ContinuingItem(expert={self.queue_expert}, ready_iteration={self.ready_iteration})"
+
+
+class _ExpertAware:
+    def __init__(self, num_experts: int):
+        self.queues = [FifoQueue() for _ in range(num_experts)]
+
+    def queue_for(self, request: Request) -> FifoQueue:
+        return self.queues[request.queue_expert]
+
+    def fill(self, out: list, budget: int, limit: int) -> int:
+        queues = self.queues
+        while budget > 0 and len(out) < limit:
+            # max() returns the first maximal queue, i.e. the lowest expert id on ties.
+            largest = max(queues, key=_tokens)
+            if largest.tokens == 0:
+                break  # every queue is empty (the printed pseudo-code would loop forever here)
+            if largest.tokens <= budget and len(largest.items) <= limit - len(out):
+                budget -= largest.take_all(out)
+                continue
+            budget = largest.take_prefix(out, budget, limit)
+            break
+        return budget
+
+    def service_order(self, extra=()) -> Iterator[Request]:
+        tails = [[] for _ in self.queues]
+        for item in extra:
+            tails[item.queue_expert].append(item)
+        # Each extra item adds one token to its queue; sorted() is stable, so ties keep the lowest id first.
+        ordered = sorted(range(len(self.queues)), key=lambda e: -(self.queues[e].tokens + len(tails[e])))
+        return itertools.chain.from_iterable(itertools.chain(self.queues[e].items, tails[e]) for e in ordered)
+
+
+def _tokens(queue: FifoQueue) -> int:
+    return queue.tokens
+
+
+class _PhaseOrdered:
+    """Two queues (decode, prefill) drained in a fixed order."""
+
+    def __init__(self, decode_first: bool):
+        self.decode = FifoQueue()
+        self.prefill = FifoQueue()
+        self.queues = [self.decode, self.prefill] if decode_first else [self.prefill, self.decode]
+
+    def queue_for(self, request: Request) -> FifoQueue:
+        return self.prefill if request.state is RequestState.QUEUED else self.decode
+
+    def fill(self, out: list, budget: int, limit: int) -> int:
+        for queue in self.queues:
+            budget = queue.take_prefix(out, budget, limit)
+        return budget
+
+    def service_order(self, extra=()) -> Iterator[Request]:
+        return itertools.chain.from_iterable(
+            itertools.chain(q.items, extra) if q is self.decode else q.items for q in self.queues
+        )
+
+
+class _Fcfs:
+    def __init__(self):
+        self.queue = FifoQueue()
+        self.queues = [self.queue]
+
+    def queue_for(self, request: Request) -> FifoQueue:
+        return self.queue
+
+    def fill(self, out: list, budget: int, limit: int) -> int:
+        return self.queue.take_prefix(out, budget, limit)
+
+    def service_order(self, extra=()) -> Iterator[Request]:
+        return itertools.chain(self.queue.items, extra)
+
+
+def make_batching(name: str, num_experts: int):
+    if name == "expert-aware":
+        return _ExpertAware(num_experts)
+    if name == "fcfs":
+        return _Fcfs()
+    return _PhaseOrdered(decode_first=(name == "decode-first"))
+
+
+def take_until_full(order, max_batch_tokens: int, max_batch_requests: int | None = None) -> list[Request]:
+    """Items of ``order`` from the start, until one does not fit the tokens left or no slot is left."""
+    taken = []
+    budget = max_batch_tokens
+    limit = NO_CAP if max_batch_requests is None else max_batch_requests
+    for request in order:
+        if request.work_tokens > budget or len(taken) >= limit:
+            break
+        budget -= request.work_tokens
+        taken.append(request)
+    return taken
