@@ -5,7 +5,7 @@ forward and is shared by all layers, so it is not part of a layer's cost):
   ours            kernels.expert_mlp with implementation="xla" on CPU, "pallas_gpu" on a GPU (named, not None)
   ragged_dot      three jax.lax.ragged_dot calls (the reference)
   ragged_dot_mgpu jax's Mosaic GPU ragged_dot (Hopper), where importable and on a GPU
-  padded_einsum   tokens in an [E, C, D] buffer with C = the largest group (rounded up to 8), three einsums
+  padded_einsum   tokens in an [E, U, D] buffer with U = the largest group (rounded up to 8), three einsums
   dense           one [T, D] @ [D, 3X] matmul: the same FLOPs with no grouping (the roofline)
   dense_mlp       one expert's SwiGLU applied to all T tokens (same FLOPs; what a dense MLP costs)
 FLOPs = 6 T D X for all. Expert ids are uniform random (seed 0). ``--formulations`` instead compares the
@@ -80,23 +80,23 @@ def _inputs(T, D, X, E, dtype, seed=0):
 
 
 def _padded_buffer(x_sorted, sizes, E):
-    """[E, C, D] with group e's rows first in slot e; built once, like the sort."""
-    C = int(-(-max(int(sizes.max()), 1) // 8) * 8)
-    buf = np.zeros((E, C, x_sorted.shape[1]), np.float32)
+    """[E, U, D] (U = per-expert capacity) with group e's rows first in slot e; built once, like the sort."""
+    U = int(-(-max(int(sizes.max()), 1) // 8) * 8)
+    buf_EUD = np.zeros((E, U, x_sorted.shape[1]), np.float32)
     xs, start = np.asarray(x_sorted.astype(jnp.float32)), 0
     for e, n in enumerate(sizes):
-        buf[e, :n] = xs[start:start + n]
+        buf_EUD[e, :n] = xs[start:start + n]
         start += n
-    return jnp.asarray(buf, x_sorted.dtype), C
+    return jnp.asarray(buf_EUD, x_sorted.dtype), U
 
 
 @jax.jit
-def _padded_mlp(x_ECD, wg, wu, wd):
+def _padded_mlp(x_EUD, wg, wu, wd):
     kw = dict(preferred_element_type=jnp.float32)
-    g = jnp.einsum("ECD,EDX->ECX", x_ECD, wg, **kw)
-    u = jnp.einsum("ECD,EDX->ECX", x_ECD, wu, **kw)
-    h = reference.silu_glu(g, u, x_ECD.dtype)
-    return jnp.einsum("ECX,EXD->ECD", h, wd, **kw).astype(x_ECD.dtype)
+    g = jnp.einsum("EUD,EDX->EUX", x_EUD, wg, **kw)
+    u = jnp.einsum("EUD,EDX->EUX", x_EUD, wu, **kw)
+    h = reference.silu_glu(g, u, x_EUD.dtype)
+    return jnp.einsum("EUX,EXD->EUD", h, wd, **kw).astype(x_EUD.dtype)
 
 
 @jax.jit
@@ -113,8 +113,7 @@ def _dense(x_TD, w_DF):
 
 def _mgpu_mlp(x, wg, wu, wd, sizes):
     def rd(a, w):
-        n = w.shape[2]
-        bn = 128 if n % 128 == 0 else 64
+        bn = 128 if w.shape[2] % 128 == 0 else 64  # jax's own argument names: its n is our output width
         return _mgpu.ragged_dot(a, w, group_sizes=sizes, block_m=128, block_n=bn, block_k=64,
                                 max_concurrent_steps=4, grid_block_n=1)
 
@@ -150,9 +149,9 @@ def bench_mlp(model, T, dtype, budget_s, max_reps, skip=()):
             cells[name] = (fn, (x, wg, wu, wd, meta.group_sizes_E if name == "ragged_dot_mgpu" else meta))
     notes["ours"] = "pallas_gpu" if on_gpu else "xla"
     if "padded_einsum" not in skip:
-        buf, C = _padded_buffer(x, sizes, E)
+        buf, U = _padded_buffer(x, sizes, E)
         cells["padded_einsum"] = (_padded_mlp, (buf, wg, wu, wd))
-        notes["padded_einsum"] = f"C={C}"
+        notes["padded_einsum"] = f"U={U}"
     w_dense = jnp.concatenate([wg[0], wu[0], jnp.swapaxes(wd[0], 0, 1)], axis=1)
     cells["dense"] = (_dense, (x, w_dense))
     notes["dense"] = "[T,D]@[D,3X]"
@@ -178,7 +177,7 @@ def bench_mlp(model, T, dtype, budget_s, max_reps, skip=()):
 
 def _form_capacity(x, w, sizes_np):
     buf, _ = _padded_buffer(x, sizes_np, w.shape[0])
-    return jax.jit(lambda b, w: jnp.einsum("ECD,EDX->ECX", b, w)), (buf, w)
+    return jax.jit(lambda b, w: jnp.einsum("EUD,EDX->EUX", b, w)), (buf, w)
 
 
 def _form_onehot(x, w, meta):
@@ -224,7 +223,7 @@ def _form_pairs(x, w, meta):
         xp = jnp.pad(x, ((0, meta.padded_rows - T), (0, 0)))
 
         def body(p, out):
-            t, g = meta.pair_tile_P[p], meta.pair_group_P[p]
+            t, g = meta.pair_tile_J[p], meta.pair_group_J[p]
             rows = t * tm + jnp.arange(tm)
             keep = (rows >= meta.group_starts_E[g]) & (rows < meta.group_ends_E[g])
             y = lax.dynamic_slice_in_dim(xp, t * tm, tm) @ w[g]
@@ -248,7 +247,7 @@ def formulations(tokens=(1024, 4096), model="default", budget_s=6.0, max_reps=7)
         sizes = np.bincount(ids, minlength=E)
         cands = {"dense [T,D]@[D,X]": (jax.jit(lambda x, w: x @ w), (x, wg[0])),
                  "ragged_dot": (jax.jit(reference.gmm_reference), (x, wg, meta)),
-                 "padded einsum, C = max group": _form_capacity(x, wg, sizes),
+                 "padded einsum, U = max group": _form_capacity(x, wg, sizes),
                  "one-hot masked, all experts": _form_onehot(x, wg, meta),
                  "tile-padded loop, tm=128": _form_tile_padded(x, wg, meta),
                  "(tile, group) pair loop, tm=128": _form_pairs(x, wg, meta)}

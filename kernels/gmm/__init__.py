@@ -1,11 +1,12 @@
 """Grouped expert matmul for Read-ME's one-expert-per-token MoE: metadata, ops, implementations.
 
-Public API (rows "sorted" = ordered by expert with ``sort_tokens``):
+Public API (rows "sorted" = ordered by expert with ``sort_tokens``; I and O are the input and output
+widths of one grouped matmul, e.g. D and X for gate/up, X and D for down):
   make_group_metadata(expert_id_T, E, tile_m=128)  -> GroupMetadata (once per forward, every layer)
   group_metadata_from_sizes(group_sizes_E, T)      -> GroupMetadata for rows already sorted
   sort_tokens(x_TD, meta) / unsort_tokens(y_TX, meta)
-  gmm(x_TD, w_EDX, meta, implementation=None)                        -> [T, N]
-  tgmm(x_TD, dy_TX, meta, implementation=None)                       -> [E, K, N]
+  gmm(x_TI, w_EIO, meta, implementation=None)                        -> [T, O]
+  tgmm(x_TI, dy_TO, meta, implementation=None)                       -> [E, I, O]
   expert_mlp(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta, implementation=None) -> [T, D]
   make_moe_metadata(expert_id_BL, E) / moe_mlp(x_BLD, w_gate_EDX, w_up_EDX, w_down_EXD, meta)
 """

@@ -83,34 +83,34 @@ def _backend(name: str, block_sizes) -> Backend:
     return Backend("pallas", block_sizes or pallas.BlockSizes(), interpret=(name == "pallas_interpret"))
 
 
-def gmm(x_TD, w_EDX, meta: GroupMetadata, *, implementation: str | None = None,
+def gmm(x_TI, w_EIO, meta: GroupMetadata, *, implementation: str | None = None,
         block_sizes: pallas.BlockSizes | None = None):
     """Grouped matmul: out[r] = x[r] @ w[group(r)], rows sorted by expert.
 
     Args:
-      x_TD: [T, K] fp32 or bf16, rows sorted by expert (``sort_tokens``).
-      w_EDX: [E, K, N], same dtype (e.g. [E, D, X] for gate/up or [E, X, D] for down).
+      x_TI: [T, I] fp32 or bf16, rows sorted by expert (``sort_tokens``).
+      w_EIO: [E, I, O], same dtype (e.g. [E, D, X] for gate/up or [E, X, D] for down).
       meta: from ``make_group_metadata`` / ``group_metadata_from_sizes`` for these T tokens.
       implementation: None | "reference" | "xla" | "pallas_gpu" | "pallas_interpret".
       block_sizes: Pallas tile sizes (ignored by the other implementations).
     Returns:
-      [T, N] in the input dtype (fp32 accumulation). Differentiable in x and w.
+      [T, O] in the input dtype (fp32 accumulation). Differentiable in x and w.
     """
-    checks.check_gmm_args(x_TD, w_EDX, meta)
-    name = resolve_implementation(implementation, meta, (*w_EDX.shape[1:],))
+    checks.check_gmm_args(x_TI, w_EIO, meta)
+    name = resolve_implementation(implementation, meta, (*w_EIO.shape[1:],))
     if name == "reference":
-        return reference.gmm_reference(x_TD, w_EDX, meta)
-    return vjp.gmm_vjp(_backend(name, block_sizes), x_TD, w_EDX, meta)
+        return reference.gmm_reference(x_TI, w_EIO, meta)
+    return vjp.gmm_vjp(_backend(name, block_sizes), x_TI, w_EIO, meta)
 
 
-def tgmm(x_TD, dy_TX, meta: GroupMetadata, *, implementation: str | None = None,
+def tgmm(x_TI, dy_TO, meta: GroupMetadata, *, implementation: str | None = None,
          block_sizes: pallas.BlockSizes | None = None):
-    """Per-group x.T @ dy -> [E, K, N] (the weight gradient of gmm); empty groups give zeros. No VJP."""
-    checks.check_tgmm_args(x_TD, dy_TX, meta)
-    name = resolve_implementation(implementation, meta, (x_TD.shape[1], dy_TX.shape[1]))
+    """Per-group x.T @ dy -> [E, I, O] (the weight gradient of gmm); empty groups give zeros. No VJP."""
+    checks.check_tgmm_args(x_TI, dy_TO, meta)
+    name = resolve_implementation(implementation, meta, (x_TI.shape[1], dy_TO.shape[1]))
     if name == "reference":
-        return reference.tgmm_reference(x_TD, dy_TX, meta)
-    return _backend(name, block_sizes).tgmm(x_TD, dy_TX, meta)
+        return reference.tgmm_reference(x_TI, dy_TO, meta)
+    return _backend(name, block_sizes).tgmm(x_TI, dy_TO, meta)
 
 
 def expert_mlp(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta: GroupMetadata, *,

@@ -54,9 +54,9 @@ def check_rank(name: str, a, rank: int, letters: str) -> None:
         raise GmmInputError(f"{name} must have shape [{', '.join(letters)}], got shape {tuple(a.shape)}")
 
 
-def check_tokens(x, meta, name: str = "x_TD") -> None:
-    """Tokens are [T, K] with T equal to the metadata's token count."""
-    check_rank(name, x, 2, "TD")
+def check_tokens(x, meta, name: str = "x_TD", letters: str = "TD") -> None:
+    """Tokens are [T, width] with T equal to the metadata's token count."""
+    check_rank(name, x, 2, letters)
     check_dtype(name, x)
     if x.shape[0] != meta.num_tokens:
         raise GmmInputError(
@@ -64,28 +64,28 @@ def check_tokens(x, meta, name: str = "x_TD") -> None:
         )
 
 
-def check_gmm_args(x_TD, w_EDX, meta, *, transpose_rhs: bool = False) -> None:
-    """x[T, K] @ w[E, K, N] (or w[E, N, K] transposed) by group."""
-    check_tokens(x_TD, meta)
-    check_rank("w_EDX", w_EDX, 3, "EDX")
-    check_dtype("w_EDX", w_EDX, x_TD.dtype)
-    if w_EDX.shape[0] != meta.num_experts:
+def check_gmm_args(x_TI, w_EIO, meta, *, transpose_rhs: bool = False) -> None:
+    """x[T, I] @ w[E, I, O] (or w[E, O, I] transposed) by group."""
+    check_tokens(x_TI, meta, "x_TI", "TI")
+    check_rank("w_EIO", w_EIO, 3, "EIO")
+    check_dtype("w_EIO", w_EIO, x_TI.dtype)
+    if w_EIO.shape[0] != meta.num_experts:
         raise GmmInputError(
-            f"w_EDX has {w_EDX.shape[0]} experts but the group metadata has {meta.num_experts}"
+            f"w_EIO has {w_EIO.shape[0]} experts but the group metadata has {meta.num_experts}"
         )
-    k = w_EDX.shape[2] if transpose_rhs else w_EDX.shape[1]
-    if x_TD.shape[1] != k:
+    width_in = w_EIO.shape[2] if transpose_rhs else w_EIO.shape[1]
+    if x_TI.shape[1] != width_in:
         raise GmmInputError(
-            f"x_TD has width {x_TD.shape[1]} but w_EDX{' (transposed)' if transpose_rhs else ''} "
-            f"expects {k} (w_EDX shape {tuple(w_EDX.shape)})"
+            f"x_TI has width {x_TI.shape[1]} but w_EIO{' (transposed)' if transpose_rhs else ''} "
+            f"expects {width_in} (w_EIO shape {tuple(w_EIO.shape)})"
         )
 
 
-def check_tgmm_args(x_TD, dy_TX, meta) -> None:
+def check_tgmm_args(x_TI, dy_TO, meta) -> None:
     """Per-group x^T @ dy: both [T, .] with the same dtype."""
-    check_tokens(x_TD, meta)
-    check_tokens(dy_TX, meta, name="dy_TX")
-    check_dtype("dy_TX", dy_TX, x_TD.dtype)
+    check_tokens(x_TI, meta, "x_TI", "TI")
+    check_tokens(dy_TO, meta, "dy_TO", "TO")
+    check_dtype("dy_TO", dy_TO, x_TI.dtype)
 
 
 def check_mlp_args(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta) -> None:

@@ -13,9 +13,9 @@ rows of several groups. Each (tile, group) pair with at least one row in common 
 computes tile x W[group] once per pair and keeps the rows of that group. Pairs are listed group-major,
 which is also tile-major because groups are contiguous, so the pairs of one tile form one contiguous range.
 
-Letters used here besides the project's key: M = row tiles (cdiv(T, tile_m)), P = pairs, a static upper
-bound M + E - 1 (a tile boundary inside a group adds nothing; each boundary between two non-empty groups
-inside a tile adds one pair).
+Kernel letters (README "Dimension key"): M = row tiles (cdiv(T, tile_m)); J = (tile, group) pairs, a
+static upper bound M + E - 1 (a tile boundary inside a group adds nothing; each boundary between two
+non-empty groups inside a tile adds one pair).
 """
 
 import dataclasses
@@ -38,11 +38,11 @@ class GroupMetadata:
     group_ends_E: jax.Array  # int32, one past the last sorted row; group_ends_E[-1] == T
     sort_idx_T: jax.Array  # int32, sorted row r holds token sort_idx_T[r]
     unsort_idx_T: jax.Array  # int32, token t sits at sorted row unsort_idx_T[t]
-    pair_tile_P: jax.Array  # int32, row tile of each (tile, group) pair; entries >= num_pairs repeat the last
-    pair_group_P: jax.Array  # int32, group of each pair
+    pair_tile_J: jax.Array  # int32, row tile of each (tile, group) pair; entries >= num_pairs repeat the last
+    pair_group_J: jax.Array  # int32, group of each pair
     tile_pair_start_M: jax.Array  # int32, pairs of tile m are [tile_pair_start_M[m], tile_pair_end_M[m])
     tile_pair_end_M: jax.Array
-    num_pairs: jax.Array  # int32 scalar, number of valid pairs (<= P)
+    num_pairs: jax.Array  # int32 scalar, number of valid pairs (<= J)
     tile_m: int  # rows per tile (static)
 
     @property
@@ -168,8 +168,8 @@ def _build(group_sizes_E, sort_idx_T, unsort_idx_T, tile_m: int) -> GroupMetadat
         group_ends_E=ends,
         sort_idx_T=sort_idx_T.astype(jnp.int32),
         unsort_idx_T=unsort_idx_T.astype(jnp.int32),
-        pair_tile_P=pair_tile,
-        pair_group_P=pair_group,
+        pair_tile_J=pair_tile,
+        pair_group_J=pair_group,
         tile_pair_start_M=tile_pair_start,
         tile_pair_end_M=tile_pair_end,
         num_pairs=num_pairs,

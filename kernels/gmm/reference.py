@@ -23,28 +23,27 @@ def silu_glu(g, u, dtype):
     return (g * jax.nn.sigmoid(g) * u.astype(jnp.float32)).astype(dtype)
 
 
-def gmm_reference(x_TD, w_EDX, meta, *, transpose_rhs: bool = False):
+def gmm_reference(x_TI, w_EIO, meta, *, transpose_rhs: bool = False):
     """out[r] = x[r] @ w[group(r)] (or @ w[group(r)].T); rows sorted by expert."""
-    w = jnp.swapaxes(w_EDX, 1, 2) if transpose_rhs else w_EDX
+    w = jnp.swapaxes(w_EIO, 1, 2) if transpose_rhs else w_EIO
     out = lax.ragged_dot(
-        x_TD, w, meta.group_sizes_E, precision=precision_for(x_TD.dtype), preferred_element_type=jnp.float32
+        x_TI, w, meta.group_sizes_E, precision=precision_for(x_TI.dtype), preferred_element_type=jnp.float32
     )
-    return out.astype(x_TD.dtype)
+    return out.astype(x_TI.dtype)
 
 
-def tgmm_reference(x_TD, dy_TX, meta):
+def tgmm_reference(x_TI, dy_TO, meta):
     """dW[e] = x[rows of e].T @ dy[rows of e]; the weight gradient of gmm, taken by autodiff of ragged_dot."""
-    e, k, n = meta.num_experts, x_TD.shape[1], dy_TX.shape[1]
-    w0 = jnp.zeros((e, k, n), x_TD.dtype)
+    w0_EIO = jnp.zeros((meta.num_experts, x_TI.shape[1], dy_TO.shape[1]), x_TI.dtype)
 
-    def f(w):
+    def f(w_EIO):
         return lax.ragged_dot(
-            x_TD, w, meta.group_sizes_E, precision=precision_for(x_TD.dtype), preferred_element_type=jnp.float32
+            x_TI, w_EIO, meta.group_sizes_E, precision=precision_for(x_TI.dtype), preferred_element_type=jnp.float32
         )
 
-    _, vjp = jax.vjp(f, w0)
-    (dw,) = vjp(dy_TX.astype(jnp.float32))
-    return dw.astype(x_TD.dtype)
+    _, vjp = jax.vjp(f, w0_EIO)
+    (dw_EIO,) = vjp(dy_TO.astype(jnp.float32))
+    return dw_EIO.astype(x_TI.dtype)
 
 
 def expert_mlp_reference(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta):

@@ -3,7 +3,7 @@
 A backend is any object with ``gmm(x, w, meta, transpose_rhs=...)``, ``tgmm(x, dy, meta)`` and
 ``mlp(x, wg, wu, wd, meta, save_preact=...)`` (see ``api.Backend``); the XLA loop and the Pallas kernels
 both plug in here. pallas_call has no autodiff, and autodiff through the XLA loop would build a full
-[E, K, N] weight cotangent per loop step, hence these rules.
+[E, I, O] weight cotangent per loop step, hence these rules.
 
   gmm:  y = x @ W[g]            dx = dy @ W[g].T   (gmm, transposed rhs)
                                 dW[g] = x_g.T @ dy_g (tgmm)
@@ -24,18 +24,18 @@ from kernels.gmm.reference import silu_glu
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def gmm_vjp(backend, x_TD, w_EDX, meta):
-    return backend.gmm(x_TD, w_EDX, meta)
+def gmm_vjp(backend, x_TI, w_EIO, meta):
+    return backend.gmm(x_TI, w_EIO, meta)
 
 
-def _gmm_fwd(backend, x_TD, w_EDX, meta):
-    return backend.gmm(x_TD, w_EDX, meta), (x_TD, w_EDX, meta)
+def _gmm_fwd(backend, x_TI, w_EIO, meta):
+    return backend.gmm(x_TI, w_EIO, meta), (x_TI, w_EIO, meta)
 
 
-def _gmm_bwd(backend, res, dy_TX):
-    x_TD, w_EDX, meta = res
-    dx = backend.gmm(dy_TX, w_EDX, meta, transpose_rhs=True)
-    dw = backend.tgmm(x_TD, dy_TX, meta)
+def _gmm_bwd(backend, res, dy_TO):
+    x_TI, w_EIO, meta = res
+    dx = backend.gmm(dy_TO, w_EIO, meta, transpose_rhs=True)
+    dw = backend.tgmm(x_TI, dy_TO, meta)
     return dx, dw, None  # the metadata is integer data: no cotangent
 
 

@@ -5,7 +5,7 @@ project's 2-core CPU ``jax.lax.ragged_dot`` costs about as much as computing eve
 padded-capacity einsum needs a static capacity (a wrong guess drops tokens) and pays for the largest
 group E times; a loop over the kernels' (tile, group) pairs recomputes a whole tile at every group
 boundary. Here the rows of each group, from the group's first row, are cut into
-  1. ``size // big_rows`` big chunks: one [big_rows, K] x [K, N] matmul each and a plain store;
+  1. ``size // big_rows`` big chunks: one [big_rows, I] x [I, O] matmul each and a plain store;
   2. the remainder in one chunk of the smallest size small_rows * 2**k that holds it: it may run past
      the group, and a select (not a multiply, so inf/nan next door cannot leak in) keeps only the
      group's rows. Small matmuls are bound by reading the weights, so one masked chunk costs less than
@@ -17,7 +17,7 @@ Per group, fewer rows than max(remainder, small_rows) are computed in vain. Trip
 time from the group sizes; every loop has a static bound.
 
 Gradients go through the custom VJP in ``vjp.py``: differentiating the loops would build a full
-[E, K, N] weight cotangent per iteration.
+[E, I, O] weight cotangent per iteration.
 """
 
 import functools
@@ -112,38 +112,37 @@ def _dot(a, b, *, transpose_b: bool = False):
 
 
 @functools.partial(jax.jit, static_argnames=("transpose_rhs", "big_rows", "small_rows"))
-def gmm_xla(x_TD, w_EDX, meta, *, transpose_rhs: bool = False, big_rows: int = BIG_ROWS,
+def gmm_xla(x_TI, w_EIO, meta, *, transpose_rhs: bool = False, big_rows: int = BIG_ROWS,
             small_rows: int | None = None):
     """out[r] = x[r] @ w[group(r)] (or w[group(r)].T); rows sorted by expert."""
     small_rows = _small_rows(meta, small_rows)
-    n = w_EDX.shape[1] if transpose_rhs else w_EDX.shape[2]
-    x = _pad(x_TD, big_rows)  # the tail chunk may read past T
+    width_out = w_EIO.shape[1] if transpose_rhs else w_EIO.shape[2]
+    x = _pad(x_TI, big_rows)  # the tail chunk may read past T
 
     def step(out, g, r, rows, keep):
-        return _put(out, _dot(_rows(x, r, rows), w_EDX[g], transpose_b=transpose_rhs), r, keep)
+        return _put(out, _dot(_rows(x, r, rows), w_EIO[g], transpose_b=transpose_rhs), r, keep)
 
-    out = jnp.zeros((meta.num_tokens + big_rows, n), x_TD.dtype)
+    out = jnp.zeros((meta.num_tokens + big_rows, width_out), x_TI.dtype)
     return _for_chunks(meta, out, step, big_rows, small_rows)[: meta.num_tokens]
 
 
 @functools.partial(jax.jit, static_argnames=("big_rows", "small_rows"))
-def tgmm_xla(x_TD, dy_TX, meta, *, big_rows: int = BIG_ROWS, small_rows: int | None = None):
-    """dW[e] = x[rows of e].T @ dy[rows of e] -> [E, K, N] in the input dtype; empty groups give zeros."""
+def tgmm_xla(x_TI, dy_TO, meta, *, big_rows: int = BIG_ROWS, small_rows: int | None = None):
+    """dW[e] = x[rows of e].T @ dy[rows of e] -> [E, I, O] in the input dtype; empty groups give zeros."""
     small_rows = _small_rows(meta, small_rows)
-    x, dy = _pad(x_TD, big_rows), _pad(dy_TX, big_rows)
-    k, n = x_TD.shape[1], dy_TX.shape[1]
+    x, dy = _pad(x_TI, big_rows), _pad(dy_TO, big_rows)
 
     def step(dw, g, r, rows, keep):
         xc, dyc = _rows(x, r, rows), _rows(dy, r, rows)
         if keep is not None:  # zero the next group's rows in both operands (a select: nan cannot leak)
             xc, dyc = jnp.where(keep[:, None], xc, 0), jnp.where(keep[:, None], dyc, 0)
-        contrib = lax.dot_general(xc, dyc, (((0,), (0,)), ((), ())), precision=precision_for(x_TD.dtype),
+        contrib = lax.dot_general(xc, dyc, (((0,), (0,)), ((), ())), precision=precision_for(x_TI.dtype),
                                   preferred_element_type=jnp.float32)
         total = lax.dynamic_index_in_dim(dw, g, keepdims=False) + contrib
         return lax.dynamic_update_index_in_dim(dw, total, g, 0)
 
-    dw = _for_chunks(meta, jnp.zeros((meta.num_experts, k, n), jnp.float32), step, big_rows, small_rows)
-    return dw.astype(x_TD.dtype)
+    dw_EIO = jnp.zeros((meta.num_experts, x_TI.shape[1], dy_TO.shape[1]), jnp.float32)
+    return _for_chunks(meta, dw_EIO, step, big_rows, small_rows).astype(x_TI.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("save_preact", "big_rows", "small_rows"))

@@ -33,7 +33,7 @@ def test_error_types_are_project_errors():
     (spec((T, D), jnp.float32), spec((E + 1, D, X), jnp.float32), "4 experts"),
     (spec((T, D), jnp.float32), spec((E, D, X), jnp.bfloat16), "dtype bfloat16"),
     (spec((T, D), jnp.float16), spec((E, D, X), jnp.float16), "supported: float32, bfloat16"),
-    (spec((T, D), jnp.float32), spec((D, X), jnp.float32), r"shape \[E, D, X\]"),
+    (spec((T, D), jnp.float32), spec((D, X), jnp.float32), r"shape \[E, I, O\]"),
 ])
 @pytest.mark.parametrize("impl", [None, "reference", "xla", "pallas_interpret"])
 def test_gmm_shape_and_dtype_errors(x, w, match, impl):

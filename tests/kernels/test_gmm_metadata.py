@@ -35,12 +35,12 @@ def check_metadata(meta, sizes):
     pairs = brute_force_pairs(sizes, tm)
     n = int(meta.num_pairs)
     assert n == len(pairs) <= M + E - 1
-    assert meta.pair_tile_P.shape == (M + E - 1,) and meta.num_tiles == M
-    got = list(zip(np.asarray(meta.pair_tile_P[:n]).tolist(), np.asarray(meta.pair_group_P[:n]).tolist()))
+    assert meta.pair_tile_J.shape == (M + E - 1,) and meta.num_tiles == M
+    got = list(zip(np.asarray(meta.pair_tile_J[:n]).tolist(), np.asarray(meta.pair_group_J[:n]).tolist()))
     assert got == pairs
     # Slots past num_pairs repeat the last pair (safe for static-length consumers).
-    assert set(np.asarray(meta.pair_tile_P[n:]).tolist()) <= {pairs[-1][0]}
-    assert set(np.asarray(meta.pair_group_P[n:]).tolist()) <= {pairs[-1][1]}
+    assert set(np.asarray(meta.pair_tile_J[n:]).tolist()) <= {pairs[-1][0]}
+    assert set(np.asarray(meta.pair_group_J[n:]).tolist()) <= {pairs[-1][1]}
     # Each tile's pairs are the contiguous range [start, end), and cover exactly that tile.
     for m in range(M):
         lo, hi = int(meta.tile_pair_start_M[m]), int(meta.tile_pair_end_M[m])
@@ -52,8 +52,8 @@ def test_hand_example():
     meta = from_sizes(jnp.array(sizes), num_tokens=37, tile_m=8)
     assert meta.tile_m == 8 and meta.num_tiles == 5
     assert int(meta.num_pairs) == 8
-    np.testing.assert_array_equal(meta.pair_tile_P, [0, 1, 1, 1, 2, 3, 3, 4, 4])
-    np.testing.assert_array_equal(meta.pair_group_P, [0, 0, 1, 3, 3, 3, 4, 4, 4])
+    np.testing.assert_array_equal(meta.pair_tile_J, [0, 1, 1, 1, 2, 3, 3, 4, 4])
+    np.testing.assert_array_equal(meta.pair_group_J, [0, 0, 1, 3, 3, 3, 4, 4, 4])
     np.testing.assert_array_equal(meta.tile_pair_start_M, [0, 1, 4, 5, 7])
     np.testing.assert_array_equal(meta.tile_pair_end_M, [1, 4, 5, 7, 8])
     check_metadata(meta, sizes)
