@@ -30,9 +30,9 @@ class LM:
     def model(self):
         return nnx.merge(self.graphdef, self.state)
 
-    def logits(self, ids_BT) -> np.ndarray:
+    def logits(self, ids_BL) -> np.ndarray:
         """Full causal forward (no padding): logits [B, T, V] as float32 numpy."""
-        ids = np.asarray(ids_BT)
+        ids = np.asarray(ids_BL)
         if ids.ndim == 1:
             ids = ids[None, :]
         if ids.ndim != 2 or ids.shape[1] == 0:
@@ -78,7 +78,7 @@ class LM:
 
 
 class MoELM(LM):
-    """A Read-ME MoE: ``logits`` takes the expert ids [B, T] (one expert per token, every layer), or
+    """A Read-ME MoE: ``logits`` takes the expert ids [B, L] (one expert per token, every layer), or
     pre-gates them with the folder's trained router when it has one."""
 
     def __init__(self, model, tokenizer, source: str = "", masks_NEF=None, router=None):
@@ -87,27 +87,27 @@ class MoELM(LM):
         self.router = router  # readme_jax.router.Router or None
         self.router_graphdef, self.router_state = nnx.split(router) if router is not None else (None, None)
 
-    def route(self, ids_BT) -> np.ndarray:
+    def route(self, ids_BL) -> np.ndarray:
         """Expert ids [B, T] from the pre-gating router (token ids only, causal)."""
         from readme_jax.router import route
 
         if self.router is None:
             raise ReadmeJaxError(f"{self.source}: this MoE has no trained router (run `readme-jax train`)")
-        ids = jnp.asarray(np.atleast_2d(np.asarray(ids_BT)), jnp.int32)
+        ids = jnp.asarray(np.atleast_2d(np.asarray(ids_BL)), jnp.int32)
         return np.asarray(route(self.router_graphdef, self.router_state, ids).argmax(-1), np.int32)
 
     @property
     def domains(self) -> tuple[str, ...]:
         return self.cfg.domains
 
-    def logits(self, ids_BT, expert_ids_BT=None) -> np.ndarray:
-        ids = np.atleast_2d(np.asarray(ids_BT))
-        if expert_ids_BT is None and self.router is not None:
-            expert_ids_BT = self.route(ids)
-        if expert_ids_BT is None:
-            raise ReadmeJaxError("a MoE model without a trained router needs expert ids [B, T] for each token "
-                                 "(expert_ids_BT=...)")
-        experts = np.broadcast_to(np.asarray(expert_ids_BT), ids.shape)
+    def logits(self, ids_BL, expert_ids_BL=None) -> np.ndarray:
+        ids = np.atleast_2d(np.asarray(ids_BL))
+        if expert_ids_BL is None and self.router is not None:
+            expert_ids_BL = self.route(ids)
+        if expert_ids_BL is None:
+            raise ReadmeJaxError("a MoE model without a trained router needs expert ids [B, L] for each token "
+                                 "(expert_ids_BL=...)")
+        experts = np.broadcast_to(np.asarray(expert_ids_BL), ids.shape)
         if experts.min() < 0 or experts.max() >= self.cfg.n_experts:
             raise ReadmeJaxError(f"expert ids must be in [0, {self.cfg.n_experts}), got "
                                  f"{int(experts.min())}..{int(experts.max())}")
