@@ -58,8 +58,9 @@ class LlamaConfig:
         object.__setattr__(self, "eos_ids", tuple(int(i) for i in self.eos_ids))
 
     @property
-    def q_per_kv(self) -> int:
-        return self.n_heads // self.n_kv_heads
+    def scale(self) -> float:
+        """Attention score scale 1/sqrt(K) (``RouterConfig.scale`` is the router's)."""
+        return self.head_dim ** -0.5
 
     def replace(self, **changes) -> "LlamaConfig":
         return dataclasses.replace(self, **changes)

@@ -57,11 +57,9 @@ def prefill(graphdef, state, tokens_BL, valid_BL, cache_len: int, route=None, ro
     kv_valid_BS = jnp.zeros((B, cache_len), bool).at[:, :L].set(valid_BL)
     pos_BL = prompt_positions(valid_BL)
     if router is not None:
-        from readme_jax.router import init_cache as init_router_cache
-
         r_cfg = nnx.merge(router, router_state).cfg
         route, router_cache = _router_step(router, router_state, tokens_BL, pos_BL, kv_valid_BS,
-                                           init_router_cache(r_cfg, B, cache_len), 0)
+                                           init_cache(r_cfg, B, cache_len), 0)
     x_BLD, cache = model.hidden(tokens_BL, pos_BL, kv_valid_BS, cache, 0, route)
     if router is not None:
         cache = (cache, router_cache)

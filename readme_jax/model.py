@@ -9,6 +9,9 @@ A block's MLP is a method taking an opaque ``route`` argument (``None`` for the 
 the Read-ME MoE block only overrides ``mlp``. An optional ``probe`` callable sees every layer's MLP
 intermediate (the down_proj input) inside the traced forward; activation profiling and oracle routing
 use it to reduce those activations on device without materialising them for all layers.
+
+The pre-gating router (``readme_jax.router``) is the same ``Decoder`` with its own blocks' projections,
+MLP and head, and the same KV cache (``init_cache``).
 """
 
 import jax
@@ -73,15 +76,24 @@ class Block(nnx.Module):
             probe(hidden_BLF)
         return jnp.einsum("BLF,FD->BLD", hidden_BLF, self.w_down_FD[...])
 
+    def qkv(self, h_BLD):
+        """Query [B, L, H, K], key and value [B, L, G, K] projections, before RoPE."""
+        return (jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_q_DHK[...]),
+                jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_k_DGK[...]),
+                jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_v_DGK[...]))
+
+    def project_out(self, out_BLHK):
+        return jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.w_o_HKD[...])
+
     def attend(self, h_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index):
         """Self-attention; with a cache, the new keys/values are written at ``write_index`` first."""
-        q_BLHK = layers.apply_rope(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_q_DHK[...]), cos_BLK, sin_BLK)
-        k_BLGK = layers.apply_rope(jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_k_DGK[...]), cos_BLK, sin_BLK)
-        v_BLGK = jnp.einsum("BLD,DGK->BLGK", h_BLD, self.w_v_DGK[...])
+        q_BLHK, k_BLGK, v_BLGK = self.qkv(h_BLD)
+        q_BLHK = layers.apply_rope(q_BLHK, cos_BLK, sin_BLK)
+        k_BLGK = layers.apply_rope(k_BLGK, cos_BLK, sin_BLK)
         k_BGLK, v_BGLK = k_BLGK.transpose(0, 2, 1, 3), v_BLGK.transpose(0, 2, 1, 3)
         k_BGSK, v_BGSK, new_kv = layers.write_kv(kv, k_BGLK, v_BGLK, write_index)
-        out_BLHK = layers.attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, self.cfg.head_dim ** -0.5)
-        return jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.w_o_HKD[...]), new_kv
+        out_BLHK = layers.attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, self.cfg.scale)
+        return self.project_out(out_BLHK), new_kv
 
     def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_BLS, kv=None, write_index=0, route=None, probe=None):
         eps = self.cfg.rms_eps
@@ -92,7 +104,66 @@ class Block(nnx.Module):
         return x_BLD, new_kv
 
 
-class Llama(nnx.Module):
+class Decoder(nnx.Module):
+    """Embedding, causal blocks over an explicit KV cache, final RMSNorm: what the Llama and the router share.
+
+    A subclass sets ``cfg``, ``embed_VD``, ``blocks`` and ``final_norm_D`` and defines ``inv_freq`` (RoPE)
+    and ``head`` (logits).
+    """
+
+    def prepare_route(self, route):
+        """Hook for models whose per-token route needs one-off preprocessing per forward."""
+        return route
+
+    def inv_freq(self):
+        raise NotImplementedError
+
+    def head(self, x_BLD):
+        raise NotImplementedError
+
+    def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None,
+               probe=None):
+        """Final-norm hidden states [B, L, D] and the updated cache.
+
+        Args:
+          tokens_BL: int token ids.
+          pos_BL: RoPE positions.
+          kv_valid_BS: without a cache S == L and it marks real (non-pad) tokens; with a cache it covers all S
+            slots and must already mark the L slots being written.
+          cache: None, or a tuple over layers of (k_BGSK, v_BGSK) from ``init_cache``.
+          write_index: the cache slot of the first of the L tokens (traced int).
+          route: the MoE's expert ids (None for the dense model and the router).
+          x_BLD: replaces the token embeddings when given (gradient-based causality tests).
+          probe: called with every layer's MLP intermediate (see the module docstring).
+        Returns:
+          (x_BLD, cache or None).
+        """
+        L = tokens_BL.shape[1]
+        if x_BLD is None:
+            x_BLD = self.embed_VD[...][tokens_BL]
+        cos_BLK, sin_BLK = layers.rope_cos_sin(pos_BL, self.inv_freq())
+        mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
+        route = self.prepare_route(route)
+        new_cache = []
+        for n, block in enumerate(self.blocks):
+            kv = None if cache is None else cache[n]
+            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route, probe)
+            new_cache.append(kv)
+        x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
+        return x_BLD, (None if cache is None else tuple(new_cache))
+
+    def __call__(self, tokens_BL, pos_BL=None, kv_valid_BS=None, route=None):
+        """Full causal forward without a cache: ``head`` of the final hidden states (fp32)."""
+        B, L = tokens_BL.shape
+        if pos_BL is None:
+            pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+        if kv_valid_BS is None:
+            kv_valid_BS = jnp.ones((B, L), bool)
+        x_BLD, _ = self.hidden(tokens_BL, pos_BL, kv_valid_BS, route=route)
+        return self.head(x_BLD)
+
+
+class Llama(Decoder):
     """Token embedding, N blocks, final RMSNorm and the (possibly tied) LM head."""
 
     block_cls = Block
@@ -106,51 +177,18 @@ class Llama(nnx.Module):
         if not cfg.tie_embeddings:
             self.w_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), dt)
 
-    def prepare_route(self, route):
-        """Hook for models whose per-token route needs one-off preprocessing per forward."""
-        return route
-
-    def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None,
-               probe=None):
-        """Final-norm hidden states [B, L, D] and the updated cache.
-
-        Without a cache, ``kv_valid_BS`` has S == L and marks real (non-pad) tokens. With a cache,
-        it covers all S cache slots and must already mark the L slots being written. ``x_BLD``
-        replaces the token embeddings when given (gradient-based tests feed embeddings directly).
-        """
-        L = tokens_BL.shape[1]
-        if x_BLD is None:
-            x_BLD = self.embed_VD[...][tokens_BL]
-        cos_BLK, sin_BLK = layers.rope_cos_sin(pos_BL, layers.config_inv_freq(self.cfg))
-        mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
-        route = self.prepare_route(route)
-        new_cache = []
-        for n, block in enumerate(self.blocks):
-            kv = None if cache is None else cache[n]
-            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route, probe)
-            new_cache.append(kv)
-        x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
-        return x_BLD, (None if cache is None else tuple(new_cache))
+    def inv_freq(self):
+        return layers.config_inv_freq(self.cfg)
 
     def head(self, x_BLD):
-        """Logits in fp32."""
+        """Logits [B, L, V] in fp32."""
         if self.cfg.tie_embeddings:
             return jnp.einsum("BLD,VD->BLV", x_BLD, self.embed_VD[...], preferred_element_type=jnp.float32)
         return jnp.einsum("BLD,DV->BLV", x_BLD, self.w_head_DV[...], preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens_BL, pos_BL=None, kv_valid_BS=None, route=None):
-        """Full causal forward without a cache: logits [B, L, V]."""
-        B, L = tokens_BL.shape
-        if pos_BL is None:
-            pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        if kv_valid_BS is None:
-            kv_valid_BS = jnp.ones((B, L), bool)
-        x_BLD, _ = self.hidden(tokens_BL, pos_BL, kv_valid_BS, route=route)
-        return self.head(x_BLD)
 
-
-def init_cache(cfg: LlamaConfig, batch: int, length: int, dtype=None):
-    """An all-zero KV cache: a tuple over layers of (k_BGSK, v_BGSK)."""
+def init_cache(cfg, batch: int, length: int, dtype=None):
+    """An all-zero KV cache: a tuple over layers of (k_BGSK, v_BGSK) (``cfg``: a LlamaConfig or RouterConfig)."""
     dt = jnp.dtype(dtype or cfg.dtype)
     shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
     return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers))

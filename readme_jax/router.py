@@ -30,6 +30,7 @@ from flax import nnx
 from readme_jax import layers
 from readme_jax.config import DTYPES, LlamaConfig
 from readme_jax.errors import ReadmeJaxError
+from readme_jax.model import Block, Decoder
 
 MLP_KINDS = ("silu", "swiglu")
 ATTN_SCALES = ("sqrt", "none")
@@ -86,6 +87,11 @@ class RouterConfig:
     @property
     def scale(self) -> float:
         return self.head_dim ** -0.5 if self.attn_scale == "sqrt" else 1.0
+
+    @property
+    def n_kv_heads(self) -> int:
+        """G == H: one KV head per query head (so ``readme_jax.model.init_cache`` serves the router too)."""
+        return self.n_heads
 
     @property
     def n_mlp_mats(self) -> int:
@@ -150,8 +156,12 @@ def _plus(y, b):
     return y + b[(None,) * (y.ndim - b.ndim)]  # explicit leading axes: no implicit rank promotion
 
 
-class RouterBlock(nnx.Module):
-    """Pre-norm causal block: x + O(Attn(RMSNorm x)), then x + MLP(RMSNorm x)."""
+class RouterBlock(Block):
+    """The decoder block with the router's parameters: biases, one KV head per query head, two MLP forms.
+
+    The block structure (pre-norm residuals, RoPE, cached attention) is ``readme_jax.model.Block``'s; only
+    the projections and the MLP differ.
+    """
 
     def __init__(self, cfg: RouterConfig, *, rngs: nnx.Rngs):
         D, H, K, F = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff
@@ -169,20 +179,17 @@ class RouterBlock(nnx.Module):
         self.w_up_DF, self.b_up_F = _linear(rngs, (D, F), D, dt), _bias(cfg, (F,), dt)
         self.w_down_FD, self.b_down_D = _linear(rngs, (F, D), F, dt), _bias(cfg, (D,), dt)
 
-    def attend(self, h_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index):
-        """Self-attention; with a cache, the new keys/values are written at ``write_index`` first."""
-        q_BLHK = _plus(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_q_DHK[...]), self.b_q_HK)
-        k_BLHK = _plus(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_k_DHK[...]), self.b_k_HK)
-        v_BLHK = _plus(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_v_DHK[...]), self.b_v_HK)
-        q_BLHK = layers.apply_rope(q_BLHK, cos_BLK, sin_BLK)  # after the bias, as Linear-then-RoPE does
-        k_BLHK = layers.apply_rope(k_BLHK, cos_BLK, sin_BLK)
-        # G == H: the shared GQA attention with one query head per KV head.
-        k_BGLK, v_BGLK = k_BLHK.transpose(0, 2, 1, 3), v_BLHK.transpose(0, 2, 1, 3)
-        k_BGSK, v_BGSK, new_kv = layers.write_kv(kv, k_BGLK, v_BGLK, write_index)
-        out_BLHK = layers.attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, self.cfg.scale)
-        return _plus(jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.w_o_HKD[...]), self.b_o_D), new_kv
+    def qkv(self, h_BLD):
+        """Biased projections (RoPE comes after the bias, as Linear-then-RoPE does); G == H."""
+        return (_plus(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_q_DHK[...]), self.b_q_HK),
+                _plus(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_k_DHK[...]), self.b_k_HK),
+                _plus(jnp.einsum("BLD,DHK->BLHK", h_BLD, self.w_v_DHK[...]), self.b_v_HK))
 
-    def mlp(self, h_BLD):
+    def project_out(self, out_BLHK):
+        return _plus(jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.w_o_HKD[...]), self.b_o_D)
+
+    def mlp(self, h_BLD, route=None, probe=None):
+        del route, probe  # one dense MLP for every token, never profiled
         up_BLF = _plus(jnp.einsum("BLD,DF->BLF", h_BLD, self.w_up_DF[...]), self.b_up_F)
         if self.w_gate_DF is None:
             act_BLF = jax.nn.silu(up_BLF)
@@ -190,17 +197,12 @@ class RouterBlock(nnx.Module):
             act_BLF = jax.nn.silu(_plus(jnp.einsum("BLD,DF->BLF", h_BLD, self.w_gate_DF[...]), self.b_gate_F)) * up_BLF
         return _plus(jnp.einsum("BLF,FD->BLD", act_BLF, self.w_down_FD[...]), self.b_down_D)
 
-    def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_BLS, kv=None, write_index=0):
-        eps = self.cfg.rms_eps
-        attn_BLD, new_kv = self.attend(layers.rms_norm(x_BLD, self.attn_norm_D[...], eps),
-                                       cos_BLK, sin_BLK, mask_BLS, kv, write_index)
-        x_BLD = x_BLD + attn_BLD
-        x_BLD = x_BLD + self.mlp(layers.rms_norm(x_BLD, self.mlp_norm_D[...], eps))
-        return x_BLD, new_kv
 
+class Router(Decoder):
+    """Embedding, ``n_layers`` causal blocks, final RMSNorm and the expert head ``w_router_out_DE``.
 
-class Router(nnx.Module):
-    """Embedding, ``n_layers`` causal blocks, final RMSNorm and the expert head ``w_router_out_DE``."""
+    ``hidden``, ``__call__`` and the KV cache (``readme_jax.model.init_cache``) are the Llama's.
+    """
 
     def __init__(self, cfg: RouterConfig, *, rngs: nnx.Rngs):
         dt = jnp.dtype(cfg.dtype)
@@ -211,46 +213,13 @@ class Router(nnx.Module):
         self.w_router_out_DE = _linear(rngs, (cfg.d_model, cfg.n_experts), cfg.d_model, dt)
         self.b_router_out_E = _bias(cfg, (cfg.n_experts,), dt)
 
-    def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, x_BLD=None):
-        """Final-norm features [B, L, D] and the updated cache (same contract as ``Llama.hidden``).
-
-        Args:
-          tokens_BL: int token ids.
-          pos_BL: RoPE positions.
-          kv_valid_BS: without a cache S == L and it marks real (non-pad) tokens; with a cache it covers all S
-            slots and must already mark the L slots being written.
-          cache: None, or a tuple over layers of (k_BGSK, v_BGSK) from ``init_cache``.
-          write_index: the cache slot of the first of the L tokens (traced int).
-          x_BLD: replaces the embeddings when given (gradient-based causality tests).
-        Returns:
-          (x_BLD, cache or None).
-        """
-        L = tokens_BL.shape[1]
-        if x_BLD is None:
-            x_BLD = self.embed_VD[...][tokens_BL]
-        cos_BLK, sin_BLK = layers.rope_cos_sin(pos_BL, layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta))
-        mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
-        new_cache = []
-        for n, block in enumerate(self.blocks):
-            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, None if cache is None else cache[n], write_index)
-            new_cache.append(kv)
-        x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
-        return x_BLD, (None if cache is None else tuple(new_cache))
+    def inv_freq(self):
+        return layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta)
 
     def head(self, x_BLD):
         """Expert logits [B, L, E] in fp32."""
         logits_BLE = jnp.einsum("BLD,DE->BLE", x_BLD, self.w_router_out_DE[...], preferred_element_type=jnp.float32)
         return _plus(logits_BLE, self.b_router_out_E)
-
-    def __call__(self, tokens_BL, pos_BL=None, kv_valid_BS=None):
-        """Full causal forward without a cache: expert logits [B, L, E] in fp32."""
-        B, L = tokens_BL.shape
-        if pos_BL is None:
-            pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
-        if kv_valid_BS is None:
-            kv_valid_BS = jnp.ones((B, L), bool)
-        x_BLD, _ = self.hidden(tokens_BL, pos_BL, kv_valid_BS)
-        return self.head(x_BLD)
 
 
 def init_router(cfg: RouterConfig, llm_embed_VD=None, *, rngs: nnx.Rngs) -> Router:
@@ -272,13 +241,6 @@ def init_router(cfg: RouterConfig, llm_embed_VD=None, *, rngs: nnx.Rngs) -> Rout
     return router
 
 
-def init_cache(cfg: RouterConfig, batch: int, length: int, dtype=None):
-    """An all-zero router KV cache: a tuple over layers of (k_BGSK, v_BGSK) with G == H."""
-    shape = (batch, cfg.n_heads, length, cfg.head_dim)
-    dt = jnp.dtype(dtype or cfg.dtype)
-    return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers))
-
-
 @partial(jax.jit, static_argnums=0)
 def route(graphdef, state, tokens_BL, pos_BL=None, kv_valid_BS=None):
     """Jitted full causal forward (pre-gating a batch of prompts, left-padded or not).
@@ -287,21 +249,6 @@ def route(graphdef, state, tokens_BL, pos_BL=None, kv_valid_BS=None):
       expert logits_BLE in fp32; ``argmax(-1)`` gives expert_id_BL.
     """
     return nnx.merge(graphdef, state)(tokens_BL, pos_BL, kv_valid_BS)
-
-
-@partial(jax.jit, static_argnums=0, donate_argnums=5)
-def route_step(graphdef, state, tokens_BL, pos_BL, kv_valid_BS, cache, write_index):
-    """Route L new tokens (a prompt chunk, or L == 1 while decoding) through the router's KV cache.
-
-    The cache is donated (updated in place); do not reuse the one passed in. ``write_index`` is traced, so
-    every step of a decode loop shares one compilation.
-
-    Returns:
-      (logits_BLE fp32, the updated cache).
-    """
-    router = nnx.merge(graphdef, state)
-    x_BLD, cache = router.hidden(tokens_BL, pos_BL, kv_valid_BS, cache, write_index)
-    return router.head(x_BLD), cache
 
 
 def router_flops_per_token(cfg: RouterConfig, context_len: int) -> int:

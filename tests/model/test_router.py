@@ -10,8 +10,9 @@ from flax import nnx
 
 from readme_jax.config import LlamaConfig
 from readme_jax.errors import ReadmeJaxError
-from readme_jax.router import (Router, RouterConfig, backbone_flops_per_token, flop_ratio, init_cache, init_router,
-                               route, route_step, router_flops_per_token)
+from readme_jax.model import init_cache
+from readme_jax.router import (Router, RouterConfig, backbone_flops_per_token, flop_ratio, init_router, route,
+                               router_flops_per_token)
 
 SMOLLM2_135M = LlamaConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
                            max_seq_len=8192, tie_embeddings=True)
@@ -45,6 +46,14 @@ def paper_router():
     return init_router(tiny_router_config(mlp="swiglu", bias=False, attn_scale="sqrt"), rngs=rngs(1))
 
 
+@partial(jax.jit, static_argnums=0, donate_argnums=5)
+def cached_logits(graphdef, state, tokens_BL, pos_BL, kv_valid_BS, cache, write_index):
+    """L new tokens through the router's KV cache, as functional.prefill / decode run it: (logits, cache)."""
+    router = nnx.merge(graphdef, state)
+    x_BLD, cache = router.hidden(tokens_BL, pos_BL, kv_valid_BS, cache, write_index)
+    return router.head(x_BLD), cache
+
+
 @pytest.mark.parametrize("which", ["code_router", "paper_router"])
 def test_cached_decode_matches_full_forward(which, request):
     router = request.getfixturevalue(which)
@@ -63,12 +72,12 @@ def test_cached_decode_matches_full_forward(which, request):
     kv_valid_BS = np.zeros((B, S), bool)
     kv_valid_BS[:, :P] = valid_BL[:, :P]
     cache = init_cache(cfg, B, S)
-    chunk_BPE, cache = route_step(graphdef, state, tokens_BL[:, :P], pos_BL[:, :P], kv_valid_BS, cache, 0)
-    steps = [np.asarray(chunk_BPE)]
+    prompt_BLE, cache = cached_logits(graphdef, state, tokens_BL[:, :P], pos_BL[:, :P], kv_valid_BS, cache, 0)
+    steps = [np.asarray(prompt_BLE)]
     for t in range(P, L):
         kv_valid_BS[:, t] = True
-        step_B1E, cache = route_step(graphdef, state, tokens_BL[:, t:t + 1], pos_BL[:, t:t + 1], kv_valid_BS,
-                                     cache, t)
+        step_B1E, cache = cached_logits(graphdef, state, tokens_BL[:, t:t + 1], pos_BL[:, t:t + 1], kv_valid_BS,
+                                        cache, t)
         steps.append(np.asarray(step_B1E))
     cached_BLE = np.concatenate(steps, axis=1)
     np.testing.assert_allclose(cached_BLE[0], full_BLE[0], atol=1e-5, rtol=1e-5)
