@@ -1,7 +1,7 @@
 """Batched generation on top of the jitted ``prefill`` / ``decode`` of ``readme_jax.functional``.
 
 Shapes are bucketed so that new prompt lengths, token budgets and batch sizes reuse compiled code:
-batch -> next power of two, prompt length P and new-token budget M -> next bucket of ``BUCKETS``.
+batch -> next power of two, padded prompt length L and new-token budget Y -> next bucket of ``BUCKETS``.
 """
 
 import dataclasses
@@ -75,20 +75,20 @@ def generate_ids(graphdef, state, cfg, prompts: list[list[int]], params: Samplin
         if min(ids) < 0 or max(ids) >= cfg.vocab_size:
             raise ReadmeJaxError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
     B = batch_bucket(len(prompts))
-    P = bucket(max(len(p) for p in prompts))
-    M = bucket(params.max_new_tokens)
-    tokens, valid = left_pad(prompts, P, B, pad_id)
+    L = bucket(max(len(p) for p in prompts))
+    Y = bucket(params.max_new_tokens)
+    tokens, valid = left_pad(prompts, L, B, pad_id)
     done = np.arange(B) >= len(prompts)  # batch-padding rows never generate
     sampling = (jnp.float32(params.temperature), jnp.int32(params.top_k or 0), jnp.float32(params.top_p or 1.0))
     t0 = time.perf_counter()
-    logits, cache, kv_valid, lengths = functional.prefill(graphdef, state, tokens, valid, P + M, None, router_gd,
+    logits, cache, kv_valid, lengths = functional.prefill(graphdef, state, tokens, valid, L + Y, None, router_gd,
                                                           router_state)
     if timings is not None:
         logits.block_until_ready()
         t1 = time.perf_counter()
     out, counts = functional.decode(graphdef, state, logits, cache, kv_valid, lengths,
                                     jax.random.key(params.seed), sampling, jnp.int32(params.max_new_tokens),
-                                    M, params.temperature == 0.0, jnp.asarray(eos_ids or (), jnp.int32),
+                                    Y, params.temperature == 0.0, jnp.asarray(eos_ids or (), jnp.int32),
                                     jnp.asarray(done), router_gd, router_state)
     out, counts = np.asarray(out), np.asarray(counts)
     if timings is not None:

@@ -37,9 +37,9 @@ def test_cached_decode_equals_full_forward(model):
     cfg = model.cfg
     tokens = jax.random.randint(jax.random.key(2), (2, 12), 4, cfg.vocab_size)
     full = np.asarray(model(tokens))
-    P, S = 5, 16
+    prompt_len, S = 5, 16
     cache = init_cache(cfg, 2, S)
-    kv_valid = jnp.zeros((2, S), bool).at[:, :P].set(True)
+    kv_valid = jnp.zeros((2, S), bool).at[:, :prompt_len].set(True)
     pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
     graphdef, state = nnx.split(model)
 
@@ -49,9 +49,9 @@ def test_cached_decode_equals_full_forward(model):
         h, cache = m.hidden(tok, pos, kv_valid, cache, write_index)
         return m.head(h), cache
 
-    logits, cache = step(state, tokens[:, :P], pos[:, :P], kv_valid, cache, 0)
-    np.testing.assert_allclose(np.asarray(logits), full[:, :P], atol=1e-5, rtol=1e-5)
-    for t in range(P, 12):  # write_index is traced: one compile for all decode steps
+    logits, cache = step(state, tokens[:, :prompt_len], pos[:, :prompt_len], kv_valid, cache, 0)
+    np.testing.assert_allclose(np.asarray(logits), full[:, :prompt_len], atol=1e-5, rtol=1e-5)
+    for t in range(prompt_len, 12):  # write_index is traced: one compile for all decode steps
         kv_valid = kv_valid.at[:, t].set(True)
         logits, cache = step(state, tokens[:, t:t + 1], pos[:, t:t + 1], kv_valid, cache, t)
         np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
@@ -61,12 +61,12 @@ def test_prompt_alone_equals_prompt_in_padded_batch(model):
     graphdef, state = nnx.split(model)
     short = [5, 9, 11, 20]
     long = list(range(30, 43))
-    P = 16
-    tok_a, val_a = np.zeros((1, P), np.int32), np.zeros((1, P), bool)
-    tok_a[0, P - 4:], val_a[0, P - 4:] = short, True
-    tok_b, val_b = np.zeros((2, P), np.int32), np.zeros((2, P), bool)
-    tok_b[0, P - 4:], val_b[0, P - 4:] = short, True
-    tok_b[1, P - 13:], val_b[1, P - 13:] = long, True
+    prompt_len = 16
+    tok_a, val_a = np.zeros((1, prompt_len), np.int32), np.zeros((1, prompt_len), bool)
+    tok_a[0, prompt_len - 4:], val_a[0, prompt_len - 4:] = short, True
+    tok_b, val_b = np.zeros((2, prompt_len), np.int32), np.zeros((2, prompt_len), bool)
+    tok_b[0, prompt_len - 4:], val_b[0, prompt_len - 4:] = short, True
+    tok_b[1, prompt_len - 13:], val_b[1, prompt_len - 13:] = long, True
     alone, *_ = functional.prefill(graphdef, state, tok_a, val_a, 32)
     batch, *_ = functional.prefill(graphdef, state, tok_b, val_b, 32)
     np.testing.assert_allclose(np.asarray(alone[0]), np.asarray(batch[0]), atol=1e-5, rtol=1e-5)

@@ -59,7 +59,7 @@ def test_cached_decode_matches_full_forward(which, request):
     router = request.getfixturevalue(which)
     cfg = router.cfg
     graphdef, state = nnx.split(router)
-    B, L, P, pad = 2, 11, 5, 3  # row 1 is left-padded by `pad` inside the P-token prompt chunk
+    B, L, prompt_len, pad = 2, 11, 5, 3  # row 1 is left-padded by `pad` inside the prompt chunk
     # Inputs are built in numpy: every eager jnp op is a separate small compile.
     tokens_BL = np.random.default_rng(1).integers(0, cfg.vocab_size, (B, L), dtype=np.int32)
     valid_BL = np.ones((B, L), bool)
@@ -70,11 +70,12 @@ def test_cached_decode_matches_full_forward(which, request):
 
     S = 16  # cache longer than the sequence: the unwritten tail must stay masked
     kv_valid_BS = np.zeros((B, S), bool)
-    kv_valid_BS[:, :P] = valid_BL[:, :P]
+    kv_valid_BS[:, :prompt_len] = valid_BL[:, :prompt_len]
     cache = init_cache(cfg, B, S)
-    prompt_BLE, cache = cached_logits(graphdef, state, tokens_BL[:, :P], pos_BL[:, :P], kv_valid_BS, cache, 0)
+    prompt_BLE, cache = cached_logits(graphdef, state, tokens_BL[:, :prompt_len], pos_BL[:, :prompt_len],
+                                      kv_valid_BS, cache, 0)
     steps = [np.asarray(prompt_BLE)]
-    for t in range(P, L):
+    for t in range(prompt_len, L):
         kv_valid_BS[:, t] = True
         step_B1E, cache = cached_logits(graphdef, state, tokens_BL[:, t:t + 1], pos_BL[:, t:t + 1], kv_valid_BS,
                                         cache, t)

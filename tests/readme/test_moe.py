@@ -70,13 +70,14 @@ def test_moe_cached_decode_equals_full_forward(parts):
         h, cache = m.hidden(tok, pos, kv_valid, cache, write_index, route)
         return m.head(h), cache
 
-    S, P = 16, 4
+    S, prompt_len = 16, 4
     cache = init_cache(cfg, 2, S)
-    kv_valid = jnp.zeros((2, S), bool).at[:, :P].set(True)
+    kv_valid = jnp.zeros((2, S), bool).at[:, :prompt_len].set(True)
     pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
-    logits, cache = step(state, tokens[:, :P], pos[:, :P], kv_valid, cache, 0, experts[:, :P])
-    np.testing.assert_allclose(np.asarray(logits), full[:, :P], atol=1e-5, rtol=1e-5)
-    for t in range(P, 10):
+    logits, cache = step(state, tokens[:, :prompt_len], pos[:, :prompt_len], kv_valid, cache, 0,
+                         experts[:, :prompt_len])
+    np.testing.assert_allclose(np.asarray(logits), full[:, :prompt_len], atol=1e-5, rtol=1e-5)
+    for t in range(prompt_len, 10):
         kv_valid = kv_valid.at[:, t].set(True)
         logits, cache = step(state, tokens[:, t:t + 1], pos[:, t:t + 1], kv_valid, cache, t, experts[:, t:t + 1])
         np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
