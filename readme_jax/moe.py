@@ -74,7 +74,7 @@ class MoEConfig(LlamaConfig):
 
 
 class NeuronMask(nnx.Variable):
-    """A fixed neuron selection (masks or indices): part of the model state, never trained."""
+    """A fixed neuron selection (the masked form's mask_EF): part of the model state, never trained."""
 
 
 class MoEBlock(Block):
@@ -87,7 +87,6 @@ class MoEBlock(Block):
             self.w_gate_EDX = _param(rngs, (E, D, X), dt)
             self.w_up_EDX = _param(rngs, (E, D, X), dt)
             self.w_down_EXD = _param(rngs, (E, X, D), dt)
-            self.idx_EX = NeuronMask(jnp.broadcast_to(jnp.arange(X, dtype=jnp.int32), (E, X)))
 
     def mlp(self, h_BLD, route, probe=None):
         if self.cfg.form == "masked":

@@ -77,14 +77,13 @@ def sliced_pure(dense_pure: dict, masks_NEF: np.ndarray) -> dict:
     out = {k: v for k, v in dense_pure.items() if k != "blocks"}
     out["blocks"] = {}
     for n, blk in dense_pure["blocks"].items():
-        idx_EX = np.stack([np.flatnonzero(m) for m in masks_NEF[n]]).astype(np.int32)
+        neurons_EX = np.stack([np.flatnonzero(m) for m in masks_NEF[n]])  # each expert's neurons, in F order
         rest = {k: v for k, v in blk.items() if k not in ("w_gate_DF", "w_up_DF", "w_down_FD", "mask_EF")}
         out["blocks"][n] = {
             **rest,
-            "w_gate_EDX": np.asarray(blk["w_gate_DF"])[:, idx_EX].transpose(1, 0, 2),
-            "w_up_EDX": np.asarray(blk["w_up_DF"])[:, idx_EX].transpose(1, 0, 2),
-            "w_down_EXD": np.asarray(blk["w_down_FD"])[idx_EX],
-            "idx_EX": idx_EX,
+            "w_gate_EDX": np.asarray(blk["w_gate_DF"])[:, neurons_EX].transpose(1, 0, 2),
+            "w_up_EDX": np.asarray(blk["w_up_DF"])[:, neurons_EX].transpose(1, 0, 2),
+            "w_down_EXD": np.asarray(blk["w_down_FD"])[neurons_EX],
         }
     return out
 

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from readme_jax.errors import ReadmeJaxError
 from readme_jax.model import LOGICAL_AXES
+from readme_jax.trees import leaf_name
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -51,9 +52,8 @@ PARAM_AXES = MappingProxyType({
     "w_gate_EDX": ("expert", "embed", "expert_mlp"),
     "w_up_EDX": ("expert", "embed", "expert_mlp"),
     "w_down_EXD": ("expert", "expert_mlp", "embed"),
-    # NeuronMask variables. mask_EF's F follows the MLP intermediate it multiplies, so the product stays local.
+    # The masked form's NeuronMask. Its F follows the MLP intermediate it multiplies, so the product stays local.
     "mask_EF": ("expert", "mlp"),
-    "idx_EX": ("expert", "expert_mlp"),
     # Router (no GQA: its keys and values have one head per query head).
     "w_k_DHK": ("embed", "heads", "head_dim"),
     "w_v_DHK": ("embed", "heads", "head_dim"),
@@ -170,20 +170,11 @@ def logical_spec(logical_axes, shape, mesh: Mesh) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
-def _leaf_name(path) -> str | None:
-    """The last string key on a pytree path: the parameter name (block indices are ints)."""
-    for key in reversed(path):
-        name = getattr(key, "key", None)
-        if isinstance(name, str):
-            return name
-    return None
-
-
 def leaf_spec(path, leaf, mesh: Mesh) -> PartitionSpec:
     shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
     if not shape:  # scalars (optimizer step counts): nothing to split
         return PartitionSpec()
-    name = _leaf_name(path)
+    name = leaf_name(path)
     where = jax.tree_util.keystr(tuple(path))
     if name not in PARAM_AXES:
         raise ReadmeJaxError(f"no sharding rule for state leaf {name!r} at {where} (shape {shape}): "

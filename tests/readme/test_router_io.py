@@ -67,3 +67,22 @@ def test_moe_without_router_explains(tmp_path):
         lm.logits(np.arange(4, 9)[None])
     with pytest.raises(ReadmeJaxError, match="needs its trained router"):
         lm.generate("hello", max_new_tokens=2)
+
+
+def test_tensors_the_loader_does_not_know_are_ignored(tmp_path):
+    """A folder with extra tensors (e.g. a per-layer ``idx_EX`` neuron index, which the sliced form no
+    longer keeps) loads in both forms with the same logits as without them."""
+    from safetensors.numpy import load_file, save_file
+
+    cfg = tiny_config(vocab_size=VOCAB, eos_ids=(258,), pad_id=256)
+    pure = jax_to_numpy(nnx.to_pure_dict(nnx.split(tiny_model(cfg))[1]))
+    masks = refactor.domain_masks(np.random.default_rng(3).random((2, cfg.n_layers, cfg.d_ff)), 0.5)
+    folder = save_moe(tmp_path / "moe", cfg, pure, masks, "ab", 0.5, tiny_tokenizer())
+    ids, experts = np.arange(4, 12)[None], np.array([[0, 1, 1, 0, 1, 0, 0, 1]])
+    want = readme_jax.load(str(folder)).logits(ids, experts)
+    tensors = load_file(str(folder / "model.safetensors"))
+    for n in range(cfg.n_layers):
+        tensors[f"readme_moe.layers.{n}.idx_EX"] = np.stack([np.flatnonzero(m) for m in masks[n]]).astype(np.int32)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    for form in ("masked", "sliced"):
+        np.testing.assert_allclose(readme_jax.load(str(folder), form=form).logits(ids, experts), want, atol=1e-5)
