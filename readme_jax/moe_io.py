@@ -18,6 +18,7 @@ import numpy as np
 
 from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
+from readme_jax.trees import flatten_dict
 
 MOE_KEY = "readme_moe"
 ROUTER_PREFIX = "readme_router."
@@ -57,21 +58,13 @@ def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, d
         router_cfg, router_pure = router
         if router_cfg.n_experts != masks_NEF.shape[1]:
             raise ReadmeJaxError(f"router has {router_cfg.n_experts} experts, the masks {masks_NEF.shape[1]}")
-        for path, array in _flatten(router_pure).items():
+        for path, array in flatten_dict(router_pure).items():
             tensors[ROUTER_PREFIX + path] = np.asarray(array)
         extra[MOE_KEY]["router"] = dataclasses.asdict(router_cfg)
     folder = save_hf(folder, dense_cfg, tensors, tokenizer=tokenizer, extra_config=extra)
     if report is not None:
         atomic.write_text(folder / "refactor_report.json", json.dumps(report, indent=2))
     return folder
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        out.update(_flatten(value, path + ".") if isinstance(value, dict) else {path: value})
-    return out
 
 
 def _read_router(folder: Path, fields: dict, get, has):

@@ -76,7 +76,6 @@ def pure_to_hf(cfg: LlamaConfig, pure: Mapping) -> dict[str, np.ndarray]:
 def build_model(cfg: LlamaConfig, pure: Mapping, model_cls=Llama):
     """Merge a pure state dict into a model of ``model_cls`` without random initialisation."""
     graphdef, abstract = abstract_model(cfg, model_cls)
-    arrays = {}
 
     def convert(tree):
         return {k: convert(v) if isinstance(v, Mapping) else jnp.asarray(v) for k, v in tree.items()}

@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from readme_jax.errors import ReadmeJaxError
+from readme_jax.trees import flatten_dict
 
 # Item names inside each step folder.
 _STATE = "state"
@@ -29,21 +30,9 @@ _META = "meta"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b": leaf}, so a mismatch can name the exact nested key."""
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def fingerprint_diff(saved: dict, expected: dict) -> list[str]:
     """Human-readable ``"key saved != expected"`` lines for every differing (nested) key."""
-    saved_flat, expected_flat = _flatten(saved), _flatten(expected)
+    saved_flat, expected_flat = flatten_dict(saved), flatten_dict(expected)  # a mismatch names the nested key
     missing = object()
     lines = []
     for key in sorted(set(saved_flat) | set(expected_flat)):

@@ -79,9 +79,6 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
-    def accumulation(self, stage: str) -> int:
-        return (self.router_batch if stage == "router" else self.expert_batch) // self.micro_batch
-
     def fingerprint(self) -> dict:
         """What a checkpoint must agree on to be resumed (shapes and the data stream)."""
         keys = ("seq_len", "micro_batch", "router_batch", "expert_batch", "router_mlp", "router_d_model",

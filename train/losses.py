@@ -23,7 +23,7 @@ per-layer scores, so the [N, B, L, F] activations never materialise.
 import jax
 import jax.numpy as jnp
 
-from readme_jax.oracle import kth_largest, topk_overlap
+from readme_jax.oracle import kth_largest, next_token_nll, topk_overlap
 
 DISTILL_FORMS = ("paper", "reference")
 KL_DIRECTIONS = ("router_target", "target_router")
@@ -91,9 +91,7 @@ def reference_loss(logits_BLE, scores_NBLE, valid_BL, smoothing: float = 0.5):
 
 def lm_loss(logits_BLV, tokens_BL, valid_BL):
     """Mean next-token cross-entropy over positions whose target token is real."""
-    logp_BLV = jax.nn.log_softmax(logits_BLV[:, :-1].astype(jnp.float32), axis=-1)
-    nll_BL = -jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
-    return _masked_mean(nll_BL, valid_BL[:, 1:])
+    return _masked_mean(next_token_nll(logits_BLV, tokens_BL), valid_BL[:, 1:])
 
 
 def _masked_mean(x, valid):

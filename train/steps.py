@@ -18,17 +18,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from readme_jax.trees import leaf_name
 from train import losses
 
 MLP_NAMES = ("w_gate_DF", "w_up_DF", "w_down_FD")
-
-
-def leaf_name(path) -> str:
-    """The parameter's own name (the last dict key of an nnx.State / pure-dict path)."""
-    for entry in reversed(path):
-        if isinstance(entry, jax.tree_util.DictKey) and isinstance(entry.key, str):
-            return entry.key
-    return ""
 
 
 def decay_mask(params):
