@@ -1,13 +1,11 @@
 """Read and write HF Llama checkpoint folders: config.json + safetensors (single or sharded) + tokenizer."""
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from readme_jax import atomic
 from readme_jax.config import LlamaConfig, load_hf_config, to_hf_config
 from readme_jax.errors import ReadmeJaxError
 
@@ -78,9 +76,7 @@ def save_hf(folder: Path, cfg: LlamaConfig, tensors: dict, tokenizer=None, extra
     from safetensors.numpy import save_file
 
     folder = Path(folder).resolve()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-    try:
+    with atomic.atomic_folder(folder) as tmp:
         config = to_hf_config(cfg)
         config.update(extra_config or {})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -104,14 +100,4 @@ def save_hf(folder: Path, cfg: LlamaConfig, tensors: dict, tokenizer=None, extra
             (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
         if tokenizer is not None:
             tokenizer.save(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -8,9 +8,6 @@ Saved as ``stats.npz`` (``mean_abs_DNF`` [domains, layers, F], ``tokens_D``) + `
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -21,6 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 
 
@@ -41,18 +39,13 @@ class ProfileStats:
                                  f"MLP neurons ({self.model}); this model has {cfg.n_layers} x {cfg.d_ff}")
 
     def save(self, folder: Path) -> Path:
+        """stats.npz + stats.json, swapped in together (readers never see one file of another run)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-        try:
+        with atomic.atomic_folder(folder) as tmp:
             np.savez(tmp / "stats.npz", mean_abs_DNF=self.mean_abs_DNF, tokens_D=self.tokens_D)
             meta = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("mean_abs_DNF", "tokens_D")}
             meta["tokens_per_domain"] = dict(zip(self.domains, self.tokens_D.tolist()))
             (tmp / "stats.json").write_text(json.dumps(meta, indent=2))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     @classmethod

@@ -5,13 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from serve.routing.tracegen import (
-    DEFAULT_RATE,
-    DEFAULT_WORKDIR,
-    ROUTINGS,
-    make_trace,
-    write_trace_atomic,
-)
+from serve.routing.tracegen import DEFAULT_RATE, DEFAULT_WORKDIR, ROUTINGS, make_trace
+from serve.sim.trace import write_trace
 
 
 def register(sub):
@@ -45,7 +40,7 @@ def run_trace(args) -> int:
     trace, summary = make_trace(folder, args.routing, args.requests, args.rate, args.seed, args.seqs_per_domain,
                                 args.doc_chars, args.batch_size, progress=not args.json, log=log)
     t0 = time.perf_counter()
-    summary["path"] = str(write_trace_atomic(out, trace))
+    summary["path"] = str(write_trace(out, trace))
     summary["write_s"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(summary))

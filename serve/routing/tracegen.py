@@ -28,7 +28,6 @@ The library side of ``readme-jax trace`` (``serve.routing.cli``):
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -347,22 +346,3 @@ def summarize_trace(trace, domain_names) -> dict:
         "domain_expert_agreement": agree / tokens,
         "duration_s": trace.requests[-1].arrival_s,
     }
-
-
-def write_trace_atomic(path, trace) -> Path:
-    """Validate (serve.sim.trace.trace_lines), write a temp file beside ``path``, then rename it into place."""
-    from serve.sim.trace import trace_lines
-
-    path = Path(path)
-    lines = list(trace_lines(trace))  # raises before anything is written
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

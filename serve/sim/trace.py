@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from readme_jax import atomic
 from serve.core.types import RequestSpec, ServeError
 
 FORMAT = "readme-jax-trace"
@@ -221,11 +222,8 @@ def trace_lines(trace: Trace) -> Iterator[str]:
 
 
 def write_trace(path, trace: Trace) -> Path:
-    """Write ``trace`` to ``path`` (parent folders are created); returns the path."""
+    """Validate ``trace``, then write it to ``path`` atomically (parent folders are created); returns the path."""
     path = Path(path)
-    lines = list(trace_lines(trace))
+    text = "".join(line + "\n" for line in trace_lines(trace))  # raises before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-    return path
+    return atomic.write_text(path, text)

@@ -29,3 +29,20 @@ def test_routes_round_trip_through_an_atomic_save(tmp_path):
     assert back.router_T is None
     np.testing.assert_array_equal(back.layer_choice_NT, routes.layer_choice_NT)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["routes.npz"]
+
+
+def test_folder_swap_keeps_the_old_folder_on_failure_and_replaces_it_on_success(tmp_path):
+    from readme_jax.profile import ProfileStats
+
+    folder = tmp_path / "stats"
+    stats = ProfileStats(mean_abs_DNF=np.ones((2, 1, 4)), tokens_D=np.array([3, 5]), domains=("a", "b"),
+                         model="m", d_ff=4, n_layers=1, block_len=8)
+    stats.save(folder)
+    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_folder(folder) as tmp:
+        (tmp / "stats.json").write_text("half")
+        raise RuntimeError("boom")
+    assert ProfileStats.load(folder).tokens_D.tolist() == [3, 5]
+    ProfileStats(**{**stats.__dict__, "tokens_D": np.array([7, 9])}).save(folder)
+    assert ProfileStats.load(folder).tokens_D.tolist() == [7, 9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats"]
+    assert sorted(p.name for p in folder.iterdir()) == ["stats.json", "stats.npz"]

@@ -17,7 +17,7 @@ from readme_jax.lm import jax_to_numpy
 from readme_jax.moe_io import read_moe_folder, save_moe
 from readme_jax.router import RouterConfig, init_router
 from readme_jax.weights import build_model
-from serve.sim.trace import read_trace, trace_lines
+from serve.sim.trace import read_trace, trace_lines, write_trace
 from serve.sim.workload import repeat_rate
 from tests.helpers import tiny_config, tiny_model
 from tests.model.test_loaders import VOCAB, tiny_tokenizer
@@ -55,7 +55,7 @@ def test_router_trace_reads_back_and_equals_moelm_route(folders, tmp_path):
     routed, _ = folders
     trace, summary, notes = _make(routed)  # default routing: the folder has a router
     assert notes == [] and trace.header.source == "router" and summary["routing"] == "router"
-    path = trace_cmd.write_trace_atomic(tmp_path / "t.jsonl", trace)
+    path = write_trace(tmp_path / "t.jsonl", trace)
     assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]  # no temp file left behind
     back = read_trace(path)
     assert back == trace and back.header.num_experts == 3 and back.header.num_layers == 2
