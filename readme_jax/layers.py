@@ -18,7 +18,7 @@ def rms_norm(x_BLD, w_D, eps: float):
     """RMSNorm in fp32, cast back to the input dtype before the weight (as HF does)."""
     x32 = x_BLD.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return w_D * x32.astype(x_BLD.dtype)
+    return w_D[None, None, :] * x32.astype(x_BLD.dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float, rope_type: str = "default", factor: float = 1.0,
@@ -48,7 +48,7 @@ def config_inv_freq(cfg: LlamaConfig):
 
 def rope_cos_sin(pos_BL, inv_freq):
     """cos and sin [B, L, K] in fp32 for integer positions."""
-    angles = pos_BL.astype(jnp.float32)[..., None] * inv_freq
+    angles = pos_BL.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 

@@ -15,13 +15,16 @@ if "cuda" not in os.environ.get("JAX_PLATFORMS", ""):
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Strict shapes: an implicit rank promotion ([D] * [B, L, D]) is an error, so every broadcast in the library
+# is spelled out and a silently broadcast shape bug cannot pass a test.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 def _has_gpu() -> bool:
     try:
-        import jax
-
         return any(d.platform == "gpu" for d in jax.devices())
     except Exception:
         return False

@@ -24,7 +24,7 @@ FINGERPRINT = {"d_model": 64, "n_layers": 2, "router": {"n_experts": 8}}
 def _state(value: int = 1) -> dict:
     return {
         "params": {
-            "w_dd": jnp.full((8, 16), value, jnp.float32) + jnp.arange(16, dtype=jnp.float32),
+            "w_dd": jnp.full((8, 16), value, jnp.float32) + jnp.arange(16, dtype=jnp.float32)[None, :],
             "emb_vd": jnp.full((12, 8), value, jnp.bfloat16),
         },
         "opt": {"count": jnp.array(value, jnp.int32), "mu_d": np.arange(5, dtype=np.int32) * value},
