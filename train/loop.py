@@ -97,6 +97,7 @@ def _abstract(tree):
 
 class Trainer:
     def __init__(self, setup: Setup, progress: bool = True):
+        steps.check_masked_backbone(setup.params)
         self.s, cfg = setup, setup.cfg
         self.cfg, self.progress = cfg, progress
         self.mesh = make_train_mesh(cfg)

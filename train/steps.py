@@ -18,10 +18,28 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from readme_jax.errors import ReadmeJaxError
 from readme_jax.trees import leaf_name
 from train import losses
 
-MLP_NAMES = ("w_gate_DF", "w_up_DF", "w_down_FD")
+MLP_NAMES = ("w_gate_DF", "w_up_DF", "w_down_FD")  # the masked form's MLP: what expert_params="experts" trains
+SLICED_MLP_NAMES = ("w_gate_EDX", "w_up_EDX", "w_down_EXD")
+
+
+def check_masked_backbone(params) -> None:
+    """Training runs the masked-dense MoE only; anything else is refused before a step is built.
+
+    The teacher is the backbone run dense through all-ones neuron masks, and neurons shared by several experts
+    stay weight-tied only in the masked form. A sliced model has neither, and ``expert_params="experts"``
+    would find none of ``MLP_NAMES`` in it, so its expert stage would silently train nothing.
+    """
+    names = {leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    if names & set(SLICED_MLP_NAMES):
+        raise ReadmeJaxError("training needs the masked form of the MoE, got the sliced form (stacked "
+                             f"{'/'.join(SLICED_MLP_NAMES)}); build the backbone with form='masked'")
+    missing = [n for n in MLP_NAMES if n not in names]
+    if missing:
+        raise ReadmeJaxError(f"the backbone has no {', '.join(missing)}: not a masked-form Read-ME MoE")
 
 
 def decay_mask(params):

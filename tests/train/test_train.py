@@ -267,3 +267,36 @@ def test_code_variants_train_only_what_they_should(tmp_path, moe_folder):
         moved = not np.array_equal(np.asarray(after["blocks"][0][name]), before["blocks"][0][name])
         assert moved == (name in ("w_gate_DF", "w_down_FD")), name
     assert np.array_equal(np.asarray(after["embed_VD"]), before["embed_VD"])
+
+
+def test_training_learns_on_the_tiny_preset(tmp_path, moe_folder):
+    """Router agreement with the oracle rises and the expert stage's LM loss falls (not just "finite").
+
+    12 blocks (4 per domain) in batches of 12: every step sees the same fixed set, so the metrics each step
+    reports (taken before its update) form a clean before/after curve. Measured with seeds 0, 1 and 2:
+    agreement rose 45-49 points in 8 router steps (from 0.30-0.38; chance is 1/3) and the LM loss fell 4.0%
+    in 8 expert steps. The test asks for half of each: 25 points and 2%.
+    """
+    over = ["rounds=1", "router_steps=8", "expert_steps=8", "router_batch=12", "expert_batch=12",
+            "blocks_per_domain=4", "save_every=100"]  # checkpoints only at the end of each stage
+    _train(tmp_path, moe_folder, over, export=False)
+    rows = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    router = [r for r in rows if r["stage"] == "router"]
+    expert = [r for r in rows if r["stage"] == "expert"]
+    assert len(router) == len(expert) == 8
+    assert router[-1]["router_acc"] - router[0]["router_acc"] >= 0.25, [r["router_acc"] for r in router]
+    assert expert[-1]["loss"] <= 0.98 * expert[0]["loss"], [r["loss"] for r in expert]
+
+
+def test_a_sliced_backbone_is_refused(tmp_path, moe_folder):
+    """The sliced form has neither the teacher's all-ones masks nor the MLP names expert_params=experts trains."""
+    import dataclasses
+
+    from train.loop import Trainer
+    from train.run import prepare
+
+    cfg = make_config("tiny", ["devices=1", "mesh=data=1"])
+    setup, parts, _ = prepare(cfg, tmp_path, moe_folder, progress=False, domains=fixture_source())
+    sliced = refactor.build_moe(parts["cfg"], parts["dense_pure"], parts["masks_NEF"], "sliced")
+    with pytest.raises(ReadmeJaxError, match="needs the masked form of the MoE, got the sliced form"):
+        Trainer(dataclasses.replace(setup, params=nnx.state(sliced, nnx.Param)), progress=False)
