@@ -8,7 +8,12 @@
 3. Pruned-dense baseline: one global top-k per layer by the domain-averaged statistic.
 4. MoE weights never mutate the dense state: masked form copies it plus masks; sliced form gathers
    gate/up columns and down rows per expert.
+
+``refactor(lm, stats, folder)`` runs steps 1-3 and writes the MoE folder (what ``readme-jax refactor`` does).
 """
+
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -103,3 +108,34 @@ def build_moe(dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, form: str = "m
                                keep_ratio=keep_ratio if keep_ratio is not None else width / F, kernel=kernel)
     pure = masked_pure(dense_pure, masks_NEF) if form == "masked" else sliced_pure(dense_pure, masks_NEF)
     return build_model(cfg, pure, MoELlama)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refactoring:
+    """What ``refactor`` produced: the MoE folder, the expert neuron sets, the pruned-dense baseline's neurons
+    and the report saved beside the weights (``expert_report`` plus the profiled model's name)."""
+
+    folder: Path
+    masks_NEF: np.ndarray
+    pruned_N1F: np.ndarray
+    report: dict
+
+
+def refactor(lm, stats, folder, keep_ratio: float = 0.5) -> Refactoring:
+    """Steps 1-3 from a dense ``LM`` and its ``ProfileStats``, written atomically as a Read-ME MoE folder
+    (``readme_jax.moe_io``) that ``readme_jax.load`` opens and ``readme-jax train`` tunes."""
+    from flax import nnx
+
+    from readme_jax.lm import jax_to_numpy
+    from readme_jax.moe_io import save_moe
+
+    if getattr(lm.cfg, "n_experts", None) is not None:
+        raise ReadmeJaxError(f"{lm.source}: already a MoE; refactor the dense model it came from")
+    stats.check_model(lm.cfg)
+    masks_NEF = domain_masks(stats.mean_abs_DNF, keep_ratio)
+    pruned_N1F = pruned_mask(stats.mean_abs_DNF, keep_ratio)
+    report = expert_report(masks_NEF, stats.domains)
+    report["stats_model"] = stats.model
+    out = save_moe(folder, lm.cfg, jax_to_numpy(nnx.to_pure_dict(lm.state)), masks_NEF, stats.domains,
+                   keep_ratio, lm.tokenizer, report=report, pruned_N1F=pruned_N1F)
+    return Refactoring(Path(out), masks_NEF, pruned_N1F, report)

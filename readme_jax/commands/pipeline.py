@@ -68,26 +68,18 @@ def run_profile(args) -> int:
 
 def run_refactor(args) -> int:
     import numpy as np
-    from flax import nnx
 
     import readme_jax
-    from readme_jax import refactor
-    from readme_jax.lm import jax_to_numpy
-    from readme_jax.moe_io import save_moe
     from readme_jax.profile import ProfileStats
+    from readme_jax.refactor import refactor
 
     if not 0 < args.keep_ratio <= 1:
         raise ReadmeJaxError(f"keep ratio {args.keep_ratio} must be in (0, 1]")
     workdir = Path(args.workdir)
     stats = ProfileStats.load(workdir / "stats")
     lm = readme_jax.load(args.model)
-    stats.check_model(lm.cfg)
-    masks = refactor.domain_masks(stats.mean_abs_DNF, args.keep_ratio)
-    pruned = refactor.pruned_mask(stats.mean_abs_DNF, args.keep_ratio)
-    report = refactor.expert_report(masks, stats.domains)
-    report["stats_model"] = stats.model
-    out = save_moe(workdir / "moe", lm.cfg, jax_to_numpy(nnx.to_pure_dict(lm.state)), masks, stats.domains,
-                   args.keep_ratio, lm.tokenizer, report=report, pruned_N1F=pruned)
+    result = refactor(lm, stats, workdir / "moe", args.keep_ratio)
+    report, out = result.report, result.folder
     perm = np.asarray(report["permanent_per_layer"])
     print(f"{len(stats.domains)} experts x {report['expert_width']} of {report['d_ff']} neurons per layer; "
           f"permanent part per layer: min {perm.min()}, mean {perm.mean():.0f}, max {perm.max()}")

@@ -1,5 +1,6 @@
 """Expert construction, profiling statistic, oracle routing, the MoE folder and the analysis maths."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -116,3 +117,30 @@ def test_mutual_information_and_temporal_locality():
     assert hist[1] == 2 and hist[2] == 1 and hist[8] == 1  # the first use of expert 1 is "never seen"
     trans = analysis.transition_counts(np.array([[0, 1, 1], [1, 1, 0]]), 2)
     assert trans[0].tolist() == [[0, 1], [1, 1]]
+
+
+def test_refactor_writes_the_moe_folder(tmp_path):
+    import readme_jax
+    from readme_jax.lm import LM
+
+    cfg = tiny_config(vocab_size=VOCAB, eos_ids=(258,), pad_id=256)
+    lm = LM(tiny_model(cfg), tiny_tokenizer(), source="tiny")
+    mean_abs_DNF = np.random.default_rng(4).random((3, cfg.n_layers, cfg.d_ff))
+    stats = ProfileStats(mean_abs_DNF, np.array([8, 8, 8]), ("a", "b", "c"), "tiny", cfg.d_ff, cfg.n_layers, 8)
+    result = refactor.refactor(lm, stats, tmp_path / "moe", keep_ratio=0.25)
+    assert np.array_equal(result.masks_NEF, refactor.domain_masks(mean_abs_DNF, 0.25))
+    assert np.array_equal(result.pruned_N1F, refactor.pruned_mask(mean_abs_DNF, 0.25))
+    assert result.report == {**refactor.expert_report(result.masks_NEF, stats.domains), "stats_model": "tiny"}
+    assert json.loads((result.folder / "refactor_report.json").read_text()) == result.report
+    moe = readme_jax.load(str(result.folder))
+    assert moe.domains == ("a", "b", "c") and np.array_equal(moe.masks_NEF, result.masks_NEF)
+    ids = np.arange(4, 12)[None]
+    pure = jax_to_numpy(nnx.to_pure_dict(lm.state))
+    want = refactor.build_moe(cfg, pure, result.masks_NEF, "masked")(jnp.asarray(ids), route=jnp.full_like(ids, 2))
+    np.testing.assert_allclose(moe.logits(ids, np.full_like(ids, 2)), np.asarray(want), atol=1e-6)
+    with pytest.raises(ReadmeJaxError, match="already a MoE"):
+        refactor.refactor(moe, stats, tmp_path / "again")
+    with pytest.raises(ReadmeJaxError, match="this model has"):
+        refactor.refactor(lm, dataclasses.replace(stats, d_ff=cfg.d_ff * 2), tmp_path / "other")
+    assert not (tmp_path / "again").exists() and not (tmp_path / "other").exists()
+
