@@ -78,18 +78,17 @@ def analyze(routes, domains, E: int) -> dict:
 
 def plot(result: dict, out_dir) -> list:
     """PNG plots next to the JSON: MI per layer pair, last-pair transition matrix, temporal distances,
-    domain confusion. Returns the written paths."""
+    domain confusion. Returns the written paths. Bare ``Figure``s (no pyplot), so the caller's matplotlib backend
+    (a notebook's inline one) is left alone."""
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     pairs = np.arange(len(result["mutual_information_bits"]))
     ax.plot(pairs, result["mutual_information_bits"], "o-", label="I(S_n; S_n+1)")
     ax.plot(pairs, result["next_layer_entropy_bits"], "--", color="gray", label="H(S_n+1)")
@@ -98,10 +97,10 @@ def plot(result: dict, out_dir) -> list:
     fig.tight_layout()
     paths.append(out / "mutual_information.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
     def heat(matrix, title, xlabel, ylabel, yticks, name):
-        fig, ax = plt.subplots(figsize=(5, 4.2))
+        fig = Figure(figsize=(5, 4.2))
+        ax = fig.subplots()
         im = ax.imshow(np.asarray(matrix), vmin=0, vmax=1, cmap="viridis")
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.set_yticks(range(len(yticks)), yticks)
@@ -109,14 +108,14 @@ def plot(result: dict, out_dir) -> list:
         fig.tight_layout()
         paths.append(out / name)
         fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-
+    
     n = result["layers"]
     heat(result["transition_last_pair"], f"P(expert at layer {n - 1} | layer {n - 2})",
          f"expert at layer {n - 1}", f"expert at layer {n - 2}", list(range(result["experts"])), "transition.png")
     heat(result["domain_expert_confusion"], "Oracle expert by domain", "expert", "domain", result["domains"],
          "domain_confusion.png")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     hist = np.asarray(result["temporal_distance_histogram"])
     ax.bar(np.arange(len(hist)), np.maximum(hist, 0.5), log=True)
     ax.set(xlabel="temporal distance (last bin: farther / first use)", ylabel="tokens (log)",
@@ -124,5 +123,4 @@ def plot(result: dict, out_dir) -> list:
     fig.tight_layout()
     paths.append(out / "temporal_distance.png")
     fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
     return paths

@@ -5,14 +5,15 @@ from pathlib import Path
 
 
 def plot_metrics(metrics_path: Path, out_png: Path) -> Path:
-    """Write a PNG with one panel per stage (router: loss + accuracy vs oracle; expert: LM loss)."""
-    import matplotlib
+    """Write a PNG with one panel per stage (router: loss + accuracy vs oracle; expert: LM loss).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A bare ``Figure`` (no pyplot): the caller's matplotlib backend, e.g. a notebook's inline one, is left alone.
+    """
+    from matplotlib.figure import Figure
 
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2)
     router = [r for r in rows if r["stage"] == "router"]
     expert = [r for r in rows if r["stage"] == "expert"]
     def by_round(rows_):  # one line per round: stages of different rounds are not contiguous in steps
@@ -48,6 +49,5 @@ def plot_metrics(metrics_path: Path, out_png: Path) -> Path:
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(out_png)
     return out_png
