@@ -56,8 +56,9 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     cfg = lm.cfg
     dense_pure = jax_to_numpy(nnx.to_pure_dict(lm.state))
     domains = list(blocks)
-    moe = nnx.split(build_moe(cfg, dense_pure, masks_NEF, "masked", domains))
-    pruned = nnx.split(build_moe(cfg, dense_pure, pruned_N1F, "masked", ["pruned"]))
+    # The sliced form, the inference form (each token computes only its expert's neurons; == masked, tested).
+    moe = nnx.split(build_moe(cfg, dense_pure, masks_NEF, "sliced", domains))
+    pruned = nnx.split(build_moe(cfg, dense_pure, pruned_N1F, "sliced", ["pruned"]))
     k = int(masks_NEF[0, 0].sum())
     names = ("dense", "pruned_dense", "moe_oracle", "moe_domain") + (("moe_router",) if trained else ())
     nll = {name: {} for name in names}

@@ -1,7 +1,8 @@
 """Batched generation on top of the jitted ``prefill`` / ``decode`` of ``readme_jax.functional``.
 
 Shapes are bucketed so that new prompt lengths, token budgets and batch sizes reuse compiled code:
-batch -> next power of two, padded prompt length L and new-token budget Y -> next bucket of ``BUCKETS``.
+batch -> next power of two, the packed prompt tokens -> ``token_bucket``, prompt slots L and new-token
+budget Y -> next bucket of ``BUCKETS``.
 """
 
 import dataclasses
@@ -44,53 +45,70 @@ class SamplingParams:
             raise ReadmeJaxError(f"top_p={self.top_p} must be in (0, 1]")
 
 
-def left_pad(prompts: list[list[int]], width: int, batch: int, pad_id: int):
-    """tokens [batch, width] with each prompt right-aligned, and its validity mask."""
-    tokens = np.full((batch, width), pad_id, np.int32)
-    valid = np.zeros((batch, width), bool)
+def token_bucket(n: int) -> int:
+    """Packed prefill length for n real tokens: a power of two up to 64, then multiples of 64 (at most 1/8 waste
+    from 512 on), then multiples of 512 beyond 4096: few compiles, little padding."""
+    if n <= 64:
+        return max(16, 1 << max(n - 1, 0).bit_length())
+    step = 64 if n <= 4096 else 512
+    return -(-n // step) * step
+
+
+def check_prompts(cfg, prompts: list[list[int]], max_new_tokens: int) -> None:
     for i, ids in enumerate(prompts):
-        if ids:
-            tokens[i, width - len(ids):] = ids
-            valid[i, width - len(ids):] = True
-    return tokens, valid
+        if not ids:
+            raise ReadmeJaxError(f"prompt {i} is empty: at least one token is needed")
+        if len(ids) + max_new_tokens > cfg.max_seq_len:
+            raise ReadmeJaxError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                                 f"that exceeds the model context of {cfg.max_seq_len} tokens")
+        if min(ids) < 0 or max(ids) >= cfg.vocab_size:
+            raise ReadmeJaxError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
+
+
+def _raise_missing(expert: int, state) -> None:
+    table = np.asarray(state["slot_of_expert_E"][...])
+    resident = [int(e) for e in np.flatnonzero(table >= 0)]
+    raise ReadmeJaxError(f"the router sent a token to expert {expert}, which holds no slot (resident experts: "
+                         f"{resident}); generate with every expert resident, or serve with readme-jax's engine")
 
 
 def generate_ids(graphdef, state, cfg, prompts: list[list[int]], params: SamplingParams,
                  eos_ids=(), pad_id: int = 0, timings: dict | None = None, router=None) -> list[list[int]]:
     """Generated ids per prompt (EOS included when reached). ``timings`` receives prefill/decode seconds.
 
-    ``router``: (router_graphdef, router_state) of a Read-ME MoE's pre-gating router, or None (dense).
+    ``router``: (router_graphdef, router_state) of a Read-ME MoE's pre-gating router, or None (dense). The
+    prompts are packed into one row for the prefill (``functional.pack``); shapes are bucketed (batch to a
+    power of two, packed tokens by ``token_bucket``, prompt slots and new tokens by ``bucket``).
     """
     router_gd, router_state = router if router is not None else (None, None)
     import time
 
     if not prompts:
         return []
-    for i, ids in enumerate(prompts):
-        if not ids:
-            raise ReadmeJaxError(f"prompt {i} is empty: at least one token is needed")
-        if len(ids) + params.max_new_tokens > cfg.max_seq_len:
-            raise ReadmeJaxError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} "
-                                 f"that exceeds the model context of {cfg.max_seq_len} tokens")
-        if min(ids) < 0 or max(ids) >= cfg.vocab_size:
-            raise ReadmeJaxError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
+    check_prompts(cfg, prompts, params.max_new_tokens)
     B = batch_bucket(len(prompts))
     L = bucket(max(len(p) for p in prompts))
     Y = bucket(params.max_new_tokens)
-    tokens, valid = left_pad(prompts, L, B, pad_id)
+    packing = functional.pack(prompts, token_bucket(sum(len(p) for p in prompts)), B, L, L + Y, pad_id)
+    lengths = np.zeros(B, np.int32)
+    lengths[: len(prompts)] = [len(p) for p in prompts]
     done = np.arange(B) >= len(prompts)  # batch-padding rows never generate
     sampling = (jnp.float32(params.temperature), jnp.int32(params.top_k or 0), jnp.float32(params.top_p or 1.0))
     t0 = time.perf_counter()
-    logits, cache, kv_valid, lengths = functional.prefill(graphdef, state, tokens, valid, L + Y, None, router_gd,
-                                                          router_state)
+    logits, cache, missing = functional.prefill(graphdef, state, packing, B, L + Y, None, router_gd, router_state)
+    if int(missing) >= 0:
+        _raise_missing(int(missing), state)
     if timings is not None:
         logits.block_until_ready()
         t1 = time.perf_counter()
-    out, counts = functional.decode(graphdef, state, logits, cache, kv_valid, lengths,
-                                    jax.random.key(params.seed), sampling, jnp.int32(params.max_new_tokens),
-                                    Y, params.temperature == 0.0, jnp.asarray(eos_ids or (), jnp.int32),
-                                    jnp.asarray(done), router_gd, router_state)
+    out, counts, missing, _ = functional.decode(graphdef, state, logits, cache, jnp.asarray(packing.kv_valid_BS),
+                                             jnp.asarray(lengths), jax.random.key(params.seed), sampling,
+                                             jnp.int32(params.max_new_tokens), Y, params.temperature == 0.0,
+                                             jnp.asarray(eos_ids or (), jnp.int32), jnp.asarray(done), router_gd,
+                                             router_state)
     out, counts = np.asarray(out), np.asarray(counts)
+    if int(missing) >= 0:
+        _raise_missing(int(missing), state)
     if timings is not None:
         timings["prefill_s"] = t1 - t0
         timings["decode_s"] = time.perf_counter() - t1

@@ -4,6 +4,7 @@ Numerics follow HF transformers' Llama: norms and softmax in fp32, RoPE with the
 convention, logits in fp32.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -79,13 +80,31 @@ def attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float):
     return out_BLGQK.reshape(B, L, H, K)
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedWrite:
+    """Where the tokens of a packed row (several prompts end to end, B == 1) go in a [B', G, S, K] cache."""
+
+    row_T: jax.Array  # int32 cache row of each packed token; out of range (>= B') for padding: dropped
+    slot_T: jax.Array  # int32 cache slot of each packed token
+
+
+jax.tree_util.register_dataclass(PackedWrite, data_fields=["row_T", "slot_T"], meta_fields=[])
+
+
 def write_kv(kv, k_BGLK, v_BGLK, write_index):
     """Keys/values to attend over, and the new cache: the L new entries written at ``write_index``.
 
-    Without a cache (``kv is None``) the new keys/values are all there is and no cache is returned.
+    Without a cache (``kv is None``) the new keys/values are all there is and no cache is returned. With a
+    ``PackedWrite`` the packed row attends over its own new keys (the caller's mask keeps prompts apart) and
+    each token's key/value is scattered to its own cache row and slot.
     """
     if kv is None:
         return k_BGLK, v_BGLK, None
+    if isinstance(write_index, PackedWrite):
+        at = (write_index.row_T, slice(None), write_index.slot_T)
+        k_new = kv[0].at[at].set(k_BGLK[0].transpose(1, 0, 2).astype(kv[0].dtype), mode="drop")
+        v_new = kv[1].at[at].set(v_BGLK[0].transpose(1, 0, 2).astype(kv[1].dtype), mode="drop")
+        return k_BGLK, v_BGLK, (k_new, v_new)
     at = (0, 0, write_index, 0)
     k_BGSK = jax.lax.dynamic_update_slice(kv[0], k_BGLK.astype(kv[0].dtype), at)
     v_BGSK = jax.lax.dynamic_update_slice(kv[1], v_BGLK.astype(kv[1].dtype), at)

@@ -14,7 +14,7 @@ from flax import nnx
 from readme_jax import functional, weights
 from readme_jax.config import LlamaConfig
 from readme_jax.errors import ReadmeJaxError
-from readme_jax.generate import SamplingParams, generate_ids
+from readme_jax.generate import SamplingParams, batch_bucket, bucket, generate_ids
 
 
 class LM:
@@ -30,18 +30,34 @@ class LM:
     def model(self):
         return nnx.merge(self.graphdef, self.state)
 
-    def logits(self, ids_BL) -> np.ndarray:
-        """Full causal forward (no padding): logits [B, T, V] as float32 numpy."""
+    def _checked_ids(self, ids_BL) -> np.ndarray:
         ids = np.asarray(ids_BL)
         if ids.ndim == 1:
             ids = ids[None, :]
         if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ReadmeJaxError(f"ids must have shape [B, T] with T >= 1, got {ids.shape}")
+            raise ReadmeJaxError(f"ids must have shape [B, L] with L >= 1, got {ids.shape}")
         if ids.shape[1] > self.cfg.max_seq_len:
             raise ReadmeJaxError(f"{ids.shape[1]} tokens exceed the model context of {self.cfg.max_seq_len}")
-        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
-            raise ReadmeJaxError(f"token ids must be in [0, {self.cfg.vocab_size})")
-        return np.asarray(functional.forward(self.graphdef, self.state, jnp.asarray(ids, jnp.int32)), np.float32)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise ReadmeJaxError(f"token ids must be integers in [0, {self.cfg.vocab_size})")
+        return ids
+
+    def _bucketed(self, ids_BL, fill: int = 0) -> np.ndarray:
+        """[B', L'] with B' a power of two and L' a length bucket: a new shape compiles once per bucket.
+
+        Padding goes at the end of each row (causal: earlier positions never see it) and in extra rows; callers
+        slice the result back to [B, L].
+        """
+        B, T = ids_BL.shape
+        out = np.full((batch_bucket(B), bucket(T, self.cfg.max_seq_len)), fill, np.int32)
+        out[:B, :T] = ids_BL
+        return out
+
+    def logits(self, ids_BL) -> np.ndarray:
+        """Full causal forward (no padding): logits [B, L, V] as float32 numpy."""
+        ids = self._checked_ids(ids_BL)
+        out = functional.forward(self.graphdef, self.state, jnp.asarray(self._bucketed(ids, self.tokenizer.pad_id)))
+        return np.asarray(out[: ids.shape[0], : ids.shape[1]], np.float32)
 
     def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
         text = self.tokenizer.apply_chat(prompt) if chat else prompt
@@ -88,31 +104,45 @@ class MoELM(LM):
         self.router_graphdef, self.router_state = nnx.split(router) if router is not None else (None, None)
 
     def route(self, ids_BL) -> np.ndarray:
-        """Expert ids [B, T] from the pre-gating router (token ids only, causal)."""
+        """Expert ids [B, L] from the pre-gating router (token ids only, causal)."""
         from readme_jax.router import route
 
         if self.router is None:
             raise ReadmeJaxError(f"{self.source}: this MoE has no trained router (run `readme-jax train`)")
-        ids = jnp.asarray(np.atleast_2d(np.asarray(ids_BL)), jnp.int32)
-        return np.asarray(route(self.router_graphdef, self.router_state, ids).argmax(-1), np.int32)
+        ids = self._checked_ids(ids_BL)
+        if ids.shape[1] > self.router.cfg.max_seq_len:
+            raise ReadmeJaxError(f"{ids.shape[1]} tokens exceed the router's context of {self.router.cfg.max_seq_len}")
+        logits = route(self.router_graphdef, self.router_state, jnp.asarray(self._bucketed(ids, self.tokenizer.pad_id)))
+        return np.asarray(logits.argmax(-1)[: ids.shape[0], : ids.shape[1]], np.int32)
 
     @property
     def domains(self) -> tuple[str, ...]:
         return self.cfg.domains
 
     def logits(self, ids_BL, expert_ids_BL=None) -> np.ndarray:
-        ids = np.atleast_2d(np.asarray(ids_BL))
+        """Logits [B, T, V] with each token on its expert: ``expert_ids_BL`` (int [B, L], or broadcastable), or
+        the router's choice when it is None and the folder has a router."""
+        from readme_jax.moe import check_resident
+
+        ids = self._checked_ids(ids_BL)
         if expert_ids_BL is None and self.router is not None:
             expert_ids_BL = self.route(ids)
         if expert_ids_BL is None:
             raise ReadmeJaxError("a MoE model without a trained router needs expert ids [B, L] for each token "
                                  "(expert_ids_BL=...)")
-        experts = np.broadcast_to(np.asarray(expert_ids_BL), ids.shape)
-        if experts.min() < 0 or experts.max() >= self.cfg.n_experts:
-            raise ReadmeJaxError(f"expert ids must be in [0, {self.cfg.n_experts}), got "
-                                 f"{int(experts.min())}..{int(experts.max())}")
-        return np.asarray(functional.forward(self.graphdef, self.state, jnp.asarray(ids, jnp.int32),
-                                             jnp.asarray(experts, jnp.int32)), np.float32)
+        try:
+            experts = np.broadcast_to(np.asarray(expert_ids_BL), ids.shape)
+        except ValueError:
+            raise ReadmeJaxError(f"expert ids of shape {np.shape(expert_ids_BL)} do not fit tokens of shape "
+                                 f"{ids.shape}") from None
+        if not np.issubdtype(experts.dtype, np.integer) or experts.min() < 0 or experts.max() >= self.cfg.n_experts:
+            raise ReadmeJaxError(f"expert ids must be integers in [0, {self.cfg.n_experts}), got "
+                                 f"{experts.min()}..{experts.max()}")
+        if self.cfg.form == "sliced":
+            check_resident(self.cfg, self.state["slot_of_expert_E"][...], experts)
+        out = functional.forward(self.graphdef, self.state, jnp.asarray(self._bucketed(ids, self.tokenizer.pad_id)),
+                                 jnp.asarray(self._bucketed(experts)))
+        return np.asarray(out[: ids.shape[0], : ids.shape[1]], np.float32)
 
     def generate_ids(self, prompts, params, timings=None):
         if self.router is None:
@@ -134,10 +164,13 @@ def jax_to_numpy(tree):
     return {k: jax_to_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
 
 
-def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, form: str = "masked") -> LM:
+def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, form: str = "sliced",
+         kernel: str | None = None) -> LM:
     """Load a model: ``"default"``, a ``.gguf`` file, an HF checkpoint folder, or a Read-ME MoE folder.
 
-    ``form`` picks the MoE representation ("masked" or "sliced") when the folder holds a MoE.
+    A MoE folder loads in the sliced form, the inference form (each token computes only its expert's neurons);
+    ``form="masked"`` gives the masked-dense form that profiling and training use. ``kernel`` picks the sliced
+    form's expert kernel (``readme_jax.moe``; default: per-slot weights).
     """
     from readme_jax import gguf_import, hf_import, moe_io
     from readme_jax import tokenizer as tok
@@ -153,7 +186,7 @@ def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, f
             raise ReadmeJaxError(f"{spec}: no such file or folder (expected 'default', a .gguf file or an "
                                  "HF checkpoint folder)")
     if path.is_dir() and moe_io.is_moe_folder(path):
-        model, tokenizer, masks_NEF, router = moe_io.load_moe(path, dtype=dtype, form=form)
+        model, tokenizer, masks_NEF, router = moe_io.load_moe(path, dtype=dtype, form=form, kernel=kernel)
         return MoELM(model, tokenizer, source=str(path), masks_NEF=masks_NEF, router=router)
     if path.is_file():
         gf, cfg, get, has = gguf_import.load_gguf(path, dtype=dtype)

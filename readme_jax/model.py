@@ -45,7 +45,7 @@ def _param(rngs: nnx.Rngs, shape, dtype, std: float = 0.02):
 class Block(nnx.Module):
     """Pre-norm decoder block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
 
-    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, layer: int = 0):
         D, H, G, K = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         dt = jnp.dtype(cfg.dtype)
         self.cfg = cfg
@@ -55,9 +55,10 @@ class Block(nnx.Module):
         self.w_v_DGK = _param(rngs, (D, G, K), dt)
         self.w_o_HKD = _param(rngs, (H, K, D), dt)
         self.mlp_norm_D = nnx.Param(jnp.ones((D,), dt))
-        self.init_mlp(cfg, rngs)
+        self.init_mlp(cfg, rngs, layer)
 
-    def init_mlp(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+    def init_mlp(self, cfg: LlamaConfig, rngs: nnx.Rngs, layer: int = 0):
+        del layer  # every dense layer has the same MLP shape (a MoE block's may differ per layer)
         D, F, dt = cfg.d_model, cfg.d_ff, jnp.dtype(cfg.dtype)
         self.w_gate_DF = _param(rngs, (D, F), dt)
         self.w_up_DF = _param(rngs, (D, F), dt)
@@ -122,7 +123,7 @@ class Decoder(nnx.Module):
         raise NotImplementedError
 
     def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None,
-               probe=None):
+               probe=None, mask_BLS=None):
         """Final-norm hidden states [B, L, D] and the updated cache.
 
         Args:
@@ -135,6 +136,8 @@ class Decoder(nnx.Module):
           route: the MoE's expert ids (None for the dense model and the router).
           x_BLD: replaces the token embeddings when given (gradient-based causality tests).
           probe: called with every layer's MLP intermediate (see the module docstring).
+          mask_BLS: replaces the causal mask built from ``kv_valid_BS``: packed prompts, where ``write_index`` is
+            a ``layers.PackedWrite`` and ``kv_valid_BS`` is unused.
         Returns:
           (x_BLD, cache or None).
         """
@@ -142,7 +145,8 @@ class Decoder(nnx.Module):
         if x_BLD is None:
             x_BLD = self.embed_VD[...][tokens_BL]
         cos_BLK, sin_BLK = layers.rope_cos_sin(pos_BL, self.inv_freq())
-        mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
+        if mask_BLS is None:
+            mask_BLS = layers.causal_mask(write_index + jnp.arange(L), kv_valid_BS)
         route = self.prepare_route(route)
         new_cache = []
         for n, block in enumerate(self.blocks):
@@ -172,7 +176,7 @@ class Llama(Decoder):
         dt = jnp.dtype(cfg.dtype)
         self.cfg = cfg
         self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), dt)
-        self.blocks = nnx.List([self.block_cls(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.blocks = nnx.List([self.block_cls(cfg, rngs=rngs, layer=n) for n in range(cfg.n_layers)])
         self.final_norm_D = nnx.Param(jnp.ones((cfg.d_model,), dt))
         if not cfg.tie_embeddings:
             self.w_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), dt)

@@ -3,27 +3,42 @@
 One config (``MoEConfig``) serves both forms; expert ids ``expert_id_BL`` are given once per forward
 and used by every layer (pre-gating: the router runs before the backbone).
 
-* masked-dense (``form="masked"``, for training): the dense weights plus a fixed per-layer neuron
-  mask ``mask_EF``; token t keeps neurons ``mask_EF[expert_id[t]]`` of the SwiGLU intermediate.
+* masked-dense (``form="masked"``, for profiling and training): the dense weights plus a fixed per-layer
+  neuron mask ``mask_EF``; token t keeps neurons ``mask_EF[expert_id[t]]`` of the SwiGLU intermediate.
   Neurons shared by several experts stay weight-tied, as in the reference code.
-* sliced (``form="sliced"``, for serving and kernels): each expert's X neurons gathered into stacked
-  ``w_gate_EDX``, ``w_up_EDX``, ``w_down_EXD`` (the permanent neurons fused into every expert), run
-  by the grouped-matmul kernels with tokens sorted by expert once per forward.
+* sliced (``form="sliced"``, for inference and serving): per layer n, the permanent neurons (those in every
+  expert's set, R_n of them) are ordinary dense parameters ``w_gate_DR``, ``w_up_DR``, ``w_down_RD`` that
+  every token uses; each expert's specific neurons (X_n = k - R_n) sit in one of C slots. SwiGLU is
+  elementwise over neurons, so permanent + specific is exactly the masked form's sum over the expert's set.
 
-Expert e's neuron set is its domain's top-k set, so every expert has exactly X = k neurons and a
-token's active set is ``permanent ∪ specific_e`` = domain set e.
+Slots. The routed (specific) weights live in C <= E slots and a ``slot_of_expert_E`` table (int32 [E], -1 = not
+resident) maps experts to slots. The table is model state, i.e. data to the jitted programs: a serving engine
+keeps a few experts on the device and swaps them by writing slot weights and the table, never recompiling.
+A token routed to a non-resident expert is refused on the host (``check_resident`` for routes the host knows;
+the generation programs return a flag for routes made on the device, see ``readme_jax.functional``); inside
+the program its slot is clamped to 0 so nothing reads out of bounds.
+
+Slot layout follows ``MoEConfig.kernel``: ``None`` / ``"slots"`` keeps each slot's three arrays separate and
+runs ``kernels.gmm.slot_mlp`` (only occupied slots compute; the decode step over one shared expert is one
+dense SwiGLU); a ``kernels.gmm`` implementation name (``"xla"``, ``"pallas_gpu"``, ...) stacks the slots as
+``w_gate_CDX`` / ``w_up_CDX`` / ``w_down_CXD`` for the grouped-matmul kernels.
+
+Expert e's neuron set is its domain's top-k set, so every expert has exactly k = ``expert_width`` neurons.
 """
 
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from kernels.gmm import make_moe_metadata, make_slot_plan, moe_mlp, slot_mlp, swiglu
 from readme_jax.config import LlamaConfig
 from readme_jax.errors import ReadmeJaxError
 from readme_jax.model import Block, Llama, _param
 
 FORMS = ("masked", "sliced")
+SLOT_KERNEL = "slots"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,17 +46,22 @@ class MoEConfig(LlamaConfig):
     """A dense Llama config plus the Read-ME fields."""
 
     n_experts: int = 1  # E
-    expert_width: int = 0  # X: neurons per expert (the domain top-k); 0 means d_ff
+    expert_width: int = 0  # k: neurons per expert, permanent ones included (the domain top-k); 0 means d_ff
     form: str = "masked"
     keep_ratio: float = 1.0
     domains: tuple[str, ...] = ()
-    kernel: str | None = None  # kernels.gmm implementation for the sliced form (None: best available)
+    kernel: str | None = None  # sliced form: "slots" (None) or a kernels.gmm implementation (stacked slots)
+    shared_widths: tuple[int, ...] = ()  # sliced form: R_n permanent neurons per layer kept apart; () = none
+    n_slots: int = 0  # sliced form: C slots for routed experts; 0 means n_experts (all resident)
 
     def __post_init__(self):
         super().__post_init__()
         if self.expert_width == 0:
             object.__setattr__(self, "expert_width", self.d_ff)
+        if self.n_slots == 0:
+            object.__setattr__(self, "n_slots", self.n_experts)
         object.__setattr__(self, "domains", tuple(self.domains))
+        object.__setattr__(self, "shared_widths", tuple(int(r) for r in self.shared_widths))
         if self.n_experts < 1:
             raise ReadmeJaxError(f"config: n_experts={self.n_experts} must be >= 1")
         if not 0 < self.expert_width <= self.d_ff:
@@ -52,6 +72,13 @@ class MoEConfig(LlamaConfig):
             raise ReadmeJaxError(f"config: form={self.form!r} not one of {FORMS}")
         if self.domains and len(self.domains) != self.n_experts:
             raise ReadmeJaxError(f"config: {len(self.domains)} domains for n_experts={self.n_experts}")
+        if not 1 <= self.n_slots <= self.n_experts:
+            raise ReadmeJaxError(f"config: n_slots={self.n_slots} must be in [1, n_experts={self.n_experts}]")
+        if self.shared_widths and len(self.shared_widths) != self.n_layers:
+            raise ReadmeJaxError(f"config: {len(self.shared_widths)} shared widths for n_layers={self.n_layers}")
+        if any(not 0 <= r <= self.expert_width for r in self.shared_widths):
+            raise ReadmeJaxError(f"config: shared widths {self.shared_widths} must lie in [0, expert_width="
+                                 f"{self.expert_width}]")
 
     @classmethod
     def from_dense(cls, cfg: LlamaConfig, **fields) -> "MoEConfig":
@@ -60,6 +87,18 @@ class MoEConfig(LlamaConfig):
 
     def dense(self) -> LlamaConfig:
         return LlamaConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LlamaConfig)})
+
+    def shared_width(self, layer: int) -> int:
+        """R: permanent neurons of ``layer`` held apart from the slots (sliced form)."""
+        return self.shared_widths[layer] if self.shared_widths else 0
+
+    def routed_width(self, layer: int) -> int:
+        """X: neurons of one expert held in its slot at ``layer`` (sliced form)."""
+        return self.expert_width - self.shared_width(layer)
+
+    @property
+    def stacked_slots(self) -> bool:
+        return self.kernel not in (None, SLOT_KERNEL)
 
     def active_params(self) -> int:
         """Parameters touched by one token (one expert)."""
@@ -72,21 +111,50 @@ class MoEConfig(LlamaConfig):
         mlp_dense = 3 * self.d_model * self.d_ff * self.n_layers
         return self.dense().num_params() - mlp_dense + self.n_experts * 3 * self.d_model * self.expert_width * self.n_layers
 
+    def expert_bytes(self) -> int:
+        """Bytes of one expert's routed weights over all layers: what loading it into a slot moves."""
+        itemsize = np.dtype(jnp.dtype(self.dtype)).itemsize
+        return sum(3 * self.d_model * self.routed_width(n) for n in range(self.n_layers)) * itemsize
+
 
 class NeuronMask(nnx.Variable):
     """A fixed neuron selection (the masked form's mask_EF): part of the model state, never trained."""
 
 
+class SlotTable(nnx.Variable):
+    """``slot_of_expert_E``: which slot holds each expert (-1 = not resident). State, so it is data to jit."""
+
+
+class ExpertSlot(nnx.Module):
+    """One slot of routed weights at one layer: an expert's specific neurons."""
+
+    def __init__(self, d_model: int, width: int, dtype, *, rngs: nnx.Rngs):
+        self.w_gate_DX = _param(rngs, (d_model, width), dtype)
+        self.w_up_DX = _param(rngs, (d_model, width), dtype)
+        self.w_down_XD = _param(rngs, (width, d_model), dtype)
+
+    def weights(self):
+        return self.w_gate_DX[...], self.w_up_DX[...], self.w_down_XD[...]
+
+
 class MoEBlock(Block):
-    def init_mlp(self, cfg: MoEConfig, rngs: nnx.Rngs):
-        E, X, D, F, dt = cfg.n_experts, cfg.expert_width, cfg.d_model, cfg.d_ff, jnp.dtype(cfg.dtype)
+    def init_mlp(self, cfg: MoEConfig, rngs: nnx.Rngs, layer: int = 0):
+        E, C, D, F, dt = cfg.n_experts, cfg.n_slots, cfg.d_model, cfg.d_ff, jnp.dtype(cfg.dtype)
         if cfg.form == "masked":
-            super().init_mlp(cfg, rngs)
-            self.mask_EF = NeuronMask(jnp.ones((E, F), bool).at[:, X:].set(False))
+            super().init_mlp(cfg, rngs, layer)
+            self.mask_EF = NeuronMask(jnp.ones((E, F), bool).at[:, cfg.expert_width:].set(False))
+            return
+        R, X = cfg.shared_width(layer), cfg.routed_width(layer)
+        if R:
+            self.w_gate_DR = _param(rngs, (D, R), dt)
+            self.w_up_DR = _param(rngs, (D, R), dt)
+            self.w_down_RD = _param(rngs, (R, D), dt)
+        if cfg.stacked_slots:
+            self.w_gate_CDX = _param(rngs, (C, D, X), dt)
+            self.w_up_CDX = _param(rngs, (C, D, X), dt)
+            self.w_down_CXD = _param(rngs, (C, X, D), dt)
         else:
-            self.w_gate_EDX = _param(rngs, (E, D, X), dt)
-            self.w_up_EDX = _param(rngs, (E, D, X), dt)
-            self.w_down_EXD = _param(rngs, (E, X, D), dt)
+            self.experts = nnx.List([ExpertSlot(D, X, dt, rngs=rngs) for _ in range(C)])
 
     def mlp(self, h_BLD, route, probe=None):
         if self.cfg.form == "masked":
@@ -96,10 +164,16 @@ class MoEBlock(Block):
             return jnp.einsum("BLF,FD->BLD", hidden_BLF, self.w_down_FD[...])
         if probe is not None:
             raise ReadmeJaxError("activation probes need the masked form of the MoE model")
-        from kernels.gmm import moe_mlp
-
-        return moe_mlp(h_BLD, self.w_gate_EDX[...], self.w_up_EDX[...], self.w_down_EXD[...], route,
-                       implementation=self.cfg.kernel)
+        B, L, D = h_BLD.shape
+        if self.cfg.stacked_slots:
+            y_BLD = moe_mlp(h_BLD, self.w_gate_CDX[...], self.w_up_CDX[...], self.w_down_CXD[...], route,
+                            implementation=self.cfg.kernel)
+        else:
+            y_TD = slot_mlp(h_BLD.reshape(B * L, D), route, tuple(slot.weights() for slot in self.experts))
+            y_BLD = y_TD.reshape(B, L, D)
+        if hasattr(self, "w_gate_DR"):  # the permanent neurons: one dense SwiGLU for every token
+            y_BLD = y_BLD + swiglu(h_BLD, self.w_gate_DR[...], self.w_up_DR[...], self.w_down_RD[...])
+        return y_BLD
 
 
 class MoELlama(Llama):
@@ -107,13 +181,44 @@ class MoELlama(Llama):
 
     block_cls = MoEBlock
 
+    def __init__(self, cfg: MoEConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        if cfg.form == "sliced":
+            table = np.full((cfg.n_experts,), -1, np.int32)
+            table[: cfg.n_slots] = np.arange(cfg.n_slots)
+            self.slot_of_expert_E = SlotTable(jnp.asarray(table))
+
+    def slots_of(self, expert_id):
+        """Slot ids for expert ids (sliced form); a non-resident expert's slot is clamped to 0."""
+        return jnp.maximum(self.slot_of_expert_E[...][expert_id], 0)
+
+    def resident(self, expert_id):
+        """Whether each expert id is resident (sliced form; always True for the masked form)."""
+        if self.cfg.form == "masked":
+            return jnp.ones(jnp.shape(expert_id), bool)
+        return self.slot_of_expert_E[...][expert_id] >= 0
+
     def prepare_route(self, route):
         if route is None:
             raise ReadmeJaxError("the MoE model needs expert ids [B, L] (route=...) for every forward")
         expert_id_BL = jnp.asarray(route, jnp.int32)
         if self.cfg.form == "masked":
             return expert_id_BL
-        from kernels.gmm import make_moe_metadata
+        slot_BL = self.slots_of(expert_id_BL)
+        # tokens are grouped by slot once per forward; every layer reuses the grouping
+        if self.cfg.stacked_slots:
+            return make_moe_metadata(slot_BL, self.cfg.n_slots, check=False)
+        return make_slot_plan(slot_BL.reshape(-1), self.cfg.n_slots)
 
-        # sort tokens by expert once per forward; every layer reuses the permutation
-        return make_moe_metadata(expert_id_BL, self.cfg.n_experts, check=False)
+
+def check_resident(cfg: MoEConfig, table_E, expert_ids) -> None:
+    """Host-side refusal of routes to experts that hold no slot (``table_E``: the model's slot table)."""
+    if cfg.form != "sliced":
+        return
+    table = np.asarray(table_E)
+    ids = np.asarray(expert_ids)
+    missing = sorted({int(e) for e in np.unique(ids) if table[int(e)] < 0})
+    if missing:
+        resident = [int(e) for e in np.flatnonzero(table >= 0)]
+        raise ReadmeJaxError(f"tokens are routed to expert(s) {missing}, which hold no slot (resident experts: "
+                             f"{resident}); load them into a slot first")

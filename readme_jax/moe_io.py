@@ -1,7 +1,7 @@
 """The Read-ME MoE checkpoint folder: an HF Llama folder plus the Read-ME fields.
 
 * ``config.json``: the dense HF config plus a ``readme_moe`` object (experts, expert width, keep
-  ratio, domain names in expert order).
+  ratio, domain names in expert order, and ``source``: the dense model the experts came from).
 * ``model.safetensors``: the dense tensors under HF names (the masked form is canonical: shared
   neurons stored once) plus ``readme_moe.layers.{n}.expert_mask`` uint8 [E, F] per layer.
 * tokenizer files, and ``refactor_report.json`` (permanent sizes, overlaps).
@@ -40,8 +40,13 @@ def is_moe_folder(folder: Path) -> bool:
 
 
 def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, domains, keep_ratio: float,
-             tokenizer, report: dict | None = None, pruned_N1F: np.ndarray | None = None, router=None):
-    """Write a Read-ME folder; ``router`` is None or (RouterConfig, pure state dict of numpy arrays)."""
+             tokenizer, report: dict | None = None, pruned_N1F: np.ndarray | None = None, router=None,
+             source: str | None = None):
+    """Write a Read-ME folder; ``router`` is None or (RouterConfig, pure state dict of numpy arrays).
+
+    ``source``: the dense model the experts were carved from (a ``readme_jax.load`` spec), kept so that
+    benchmarks and evaluations can compare the MoE with its parent.
+    """
     import dataclasses
 
     from readme_jax.hf_import import save_hf
@@ -54,6 +59,8 @@ def save_moe(folder: Path, dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, d
             tensors[pruned_name(n)] = pruned_N1F[n].astype(np.uint8)
     extra = {MOE_KEY: {"n_experts": int(masks_NEF.shape[1]), "expert_width": int(masks_NEF[0, 0].sum()),
                        "keep_ratio": keep_ratio, "domains": list(domains), "format": 1}}
+    if source is not None:
+        extra[MOE_KEY]["source"] = str(source)
     if router is not None:
         router_cfg, router_pure = router
         if router_cfg.n_experts != masks_NEF.shape[1]:
@@ -133,7 +140,7 @@ def read_moe_folder(folder: Path, dtype: str = "float32") -> dict:
     return {"cfg": cfg, "dense_pure": hf_to_pure(cfg, get, has), "masks_NEF": masks(mask_name, E, "expert mask"),
             "router": _read_router(folder, fields, get, has),
             "pruned_N1F": masks(pruned_name, 1, "pruned mask") if has(pruned_name(0)) else None,
-            "domains": domains, "keep_ratio": keep,
+            "domains": domains, "keep_ratio": keep, "source": fields.get("source"),
             "tokenizer": tok.from_folder(folder, eos_ids=cfg.eos_ids, bos_id=cfg.bos_id)}
 
 
@@ -152,7 +159,7 @@ def build_router(router_cfg, router_pure):
     return router
 
 
-def load_moe(folder: Path, dtype: str = "float32", form: str = "masked", kernel: str | None = None):
+def load_moe(folder: Path, dtype: str = "float32", form: str = "sliced", kernel: str | None = None):
     """(MoE model, tokenizer, masks_NEF, router or None) from a Read-ME folder."""
     from readme_jax.refactor import build_moe
 

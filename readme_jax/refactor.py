@@ -6,8 +6,8 @@
 2. permanent_n = neurons in every domain's set; expert e's specific part = set_e minus permanent_n,
    so a token routed to e uses exactly set_e (k neurons); expert index = domain index in all layers.
 3. Pruned-dense baseline: one global top-k per layer by the domain-averaged statistic.
-4. MoE weights never mutate the dense state: masked form copies it plus masks; sliced form gathers
-   gate/up columns and down rows per expert.
+4. MoE weights never mutate the dense state: masked form copies it plus masks; sliced form gathers the
+   permanent neurons once and each expert's specific gate/up columns and down rows (``readme_jax.moe``).
 
 ``refactor(lm, stats, folder)`` runs steps 1-3 and writes the MoE folder (what ``readme-jax refactor`` does).
 """
@@ -74,28 +74,53 @@ def masked_pure(dense_pure: dict, masks_NEF: np.ndarray) -> dict:
     return out
 
 
-def sliced_pure(dense_pure: dict, masks_NEF: np.ndarray) -> dict:
-    """Pure state of the sliced-form MoE: per expert, its X neurons' gate/up columns and down rows."""
-    x = int(masks_NEF[0, 0].sum())
-    if not (masks_NEF.sum(-1) == x).all():
+def sliced_pure(dense_pure: dict, masks_NEF: np.ndarray, split_shared: bool = True, stacked: bool = False,
+                n_slots: int | None = None) -> tuple[dict, tuple[int, ...]]:
+    """Pure state of the sliced-form MoE and its per-layer shared widths R_n.
+
+    With ``split_shared`` the permanent neurons of layer n (in every expert's set) become the dense
+    ``w_gate_DR`` / ``w_up_DR`` / ``w_down_RD`` and each expert keeps only its specific neurons; without it every
+    expert holds its whole set (R_n = 0). Experts 0..C-1 fill the C slots (``n_slots``, default E), one slot
+    per expert, as separate arrays or stacked over C (``stacked``, for the grouped-matmul kernels).
+    """
+    N, E, F = masks_NEF.shape
+    k = int(masks_NEF[0, 0].sum())
+    if not (masks_NEF.sum(-1) == k).all():
         raise ReadmeJaxError("every expert must hold the same number of neurons to be sliced")
-    out = {k: v for k, v in dense_pure.items() if k != "blocks"}
+    C = E if n_slots is None else n_slots
+    out = {key: v for key, v in dense_pure.items() if key != "blocks"}
     out["blocks"] = {}
+    shared = []
     for n, blk in dense_pure["blocks"].items():
-        neurons_EX = np.stack([np.flatnonzero(m) for m in masks_NEF[n]])  # each expert's neurons, in F order
-        rest = {k: v for k, v in blk.items() if k not in ("w_gate_DF", "w_up_DF", "w_down_FD", "mask_EF")}
-        out["blocks"][n] = {
-            **rest,
-            "w_gate_EDX": np.asarray(blk["w_gate_DF"])[:, neurons_EX].transpose(1, 0, 2),
-            "w_up_EDX": np.asarray(blk["w_up_DF"])[:, neurons_EX].transpose(1, 0, 2),
-            "w_down_EXD": np.asarray(blk["w_down_FD"])[neurons_EX],
-        }
-    return out
+        perm_F = masks_NEF[n].all(axis=0) if split_shared else np.zeros(F, bool)
+        idx_R = np.flatnonzero(perm_F)
+        idx_CX = np.stack([np.flatnonzero(m & ~perm_F) for m in masks_NEF[n][:C]])
+        gate, up, down = (np.asarray(blk[name]) for name in ("w_gate_DF", "w_up_DF", "w_down_FD"))
+        new = {key: v for key, v in blk.items() if key not in ("w_gate_DF", "w_up_DF", "w_down_FD", "mask_EF")}
+        if idx_R.size:
+            new.update(w_gate_DR=gate[:, idx_R], w_up_DR=up[:, idx_R], w_down_RD=down[idx_R])
+        if stacked:
+            new.update(w_gate_CDX=gate[:, idx_CX].transpose(1, 0, 2), w_up_CDX=up[:, idx_CX].transpose(1, 0, 2),
+                       w_down_CXD=down[idx_CX])
+        else:
+            new["experts"] = {c: {"w_gate_DX": gate[:, idx], "w_up_DX": up[:, idx], "w_down_XD": down[idx]}
+                              for c, idx in enumerate(idx_CX)}
+        out["blocks"][n] = new
+        shared.append(int(idx_R.size))
+    table = np.full(E, -1, np.int32)
+    table[:C] = np.arange(C)
+    out["slot_of_expert_E"] = table
+    return out, tuple(shared)
 
 
 def build_moe(dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, form: str = "masked", domains=(),
-              keep_ratio: float | None = None, kernel: str | None = None):
-    """A ``MoELlama`` in the requested form from dense weights and expert neuron sets."""
+              keep_ratio: float | None = None, kernel: str | None = None, split_shared: bool = True,
+              n_slots: int | None = None):
+    """A ``MoELlama`` in the requested form from dense weights and expert neuron sets.
+
+    The sliced form keeps the permanent neurons apart (``split_shared``) and fills ``n_slots`` slots (default:
+    every expert resident); ``kernel`` picks its slot layout (``readme_jax.moe``).
+    """
     from readme_jax.moe import MoEConfig, MoELlama
     from readme_jax.weights import build_model
 
@@ -104,10 +129,14 @@ def build_moe(dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, form: str = "m
         raise ReadmeJaxError(f"expert masks have {N} layers x {F} neurons; the model has "
                              f"{dense_cfg.n_layers} x {dense_cfg.d_ff} (stats from another model?)")
     width = int(masks_NEF[0, 0].sum())
-    cfg = MoEConfig.from_dense(dense_cfg, n_experts=E, expert_width=width, form=form, domains=tuple(domains),
-                               keep_ratio=keep_ratio if keep_ratio is not None else width / F, kernel=kernel)
-    pure = masked_pure(dense_pure, masks_NEF) if form == "masked" else sliced_pure(dense_pure, masks_NEF)
-    return build_model(cfg, pure, MoELlama)
+    fields = dict(n_experts=E, expert_width=width, form=form, domains=tuple(domains),
+                  keep_ratio=keep_ratio if keep_ratio is not None else width / F, kernel=kernel,
+                  n_slots=n_slots or 0)
+    if form == "masked":
+        return build_model(MoEConfig.from_dense(dense_cfg, **fields), masked_pure(dense_pure, masks_NEF), MoELlama)
+    probe = MoEConfig.from_dense(dense_cfg, **fields)  # validates n_slots and kernel before any slicing
+    pure, shared = sliced_pure(dense_pure, masks_NEF, split_shared, probe.stacked_slots, probe.n_slots)
+    return build_model(MoEConfig.from_dense(dense_cfg, **fields, shared_widths=shared), pure, MoELlama)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +150,10 @@ class Refactoring:
     report: dict
 
 
-def refactor(lm, stats, folder, keep_ratio: float = 0.5) -> Refactoring:
+def refactor(lm, stats, folder, keep_ratio: float = 0.5, source: str | None = None) -> Refactoring:
     """Steps 1-3 from a dense ``LM`` and its ``ProfileStats``, written atomically as a Read-ME MoE folder
-    (``readme_jax.moe_io``) that ``readme_jax.load`` opens and ``readme-jax train`` tunes."""
+    (``readme_jax.moe_io``) that ``readme_jax.load`` opens and ``readme-jax train`` tunes. ``source``: the
+    dense model's ``readme_jax.load`` spec, recorded in the folder."""
     from flax import nnx
 
     from readme_jax.lm import jax_to_numpy
@@ -137,5 +167,5 @@ def refactor(lm, stats, folder, keep_ratio: float = 0.5) -> Refactoring:
     report = expert_report(masks_NEF, stats.domains)
     report["stats_model"] = stats.model
     out = save_moe(folder, lm.cfg, jax_to_numpy(nnx.to_pure_dict(lm.state)), masks_NEF, stats.domains,
-                   keep_ratio, lm.tokenizer, report=report, pruned_N1F=pruned_N1F)
+                   keep_ratio, lm.tokenizer, report=report, pruned_N1F=pruned_N1F, source=source)
     return Refactoring(Path(out), masks_NEF, pruned_N1F, report)

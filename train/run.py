@@ -102,7 +102,8 @@ def train(cfg: TrainConfig, workdir, moe_folder=None, *, resume: bool = True, fr
         router_pure = jax_to_numpy(nnx.to_pure_dict(trainer.router_params))
         out = save_moe(workdir / "moe_trained", parts["cfg"], dense_pure, parts["masks_NEF"], parts["domains"],
                        parts["keep_ratio"], parts["tokenizer"], report={"training": summary},
-                       pruned_N1F=parts["pruned_N1F"], router=(router_cfg, router_pure))
+                       pruned_N1F=parts["pruned_N1F"], router=(router_cfg, router_pure),
+                       source=parts.get("source"))
         summary["exported"] = str(out)
     from train.plots import plot_metrics
 

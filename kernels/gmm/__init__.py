@@ -9,6 +9,7 @@ widths of one grouped matmul, e.g. D and X for gate/up, X and D for down):
   tgmm(x_TI, dy_TO, meta, implementation=None)                       -> [E, I, O]
   expert_mlp(x_TD, w_gate_EDX, w_up_EDX, w_down_EXD, meta, implementation=None) -> [T, D]
   make_moe_metadata(expert_id_BL, E) / moe_mlp(x_BLD, w_gate_EDX, w_up_EDX, w_down_EXD, meta)
+  make_slot_plan(slot_T, C) / slot_mlp(x_TD, plan, experts)  -> [T, D] over C per-slot weight tuples
 """
 
 from kernels.gmm.api import IMPLEMENTATIONS, expert_mlp, gmm, resolve_implementation, tgmm
@@ -23,9 +24,11 @@ from kernels.gmm.metadata import (
 )
 from kernels.gmm.moe_mlp import make_moe_metadata, moe_mlp
 from kernels.gmm.pallas import BlockSizes
+from kernels.gmm.slotted import SlotPlan, make_slot_plan, slot_mlp, slot_mlp_reference, swiglu
 
 __all__ = [
     "BlockSizes",
+    "SlotPlan",
     "DEFAULT_TILE_M",
     "GmmInputError",
     "GroupMetadata",
@@ -36,9 +39,13 @@ __all__ = [
     "group_metadata_from_sizes",
     "make_group_metadata",
     "make_moe_metadata",
+    "make_slot_plan",
     "moe_mlp",
     "resolve_implementation",
+    "slot_mlp",
+    "slot_mlp_reference",
     "sort_tokens",
+    "swiglu",
     "tgmm",
     "unsort_tokens",
 ]

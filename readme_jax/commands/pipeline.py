@@ -78,7 +78,8 @@ def run_refactor(args) -> int:
     workdir = Path(args.workdir)
     stats = ProfileStats.load(workdir / "stats")
     lm = readme_jax.load(args.model)
-    result = refactor(lm, stats, workdir / "moe", args.keep_ratio)
+    source = args.model if args.model == "default" else str(Path(args.model).resolve())
+    result = refactor(lm, stats, workdir / "moe", args.keep_ratio, source=source)
     report, out = result.report, result.folder
     perm = np.asarray(report["permanent_per_layer"])
     print(f"{len(stats.domains)} experts x {report['expert_width']} of {report['d_ff']} neurons per layer; "

@@ -1,0 +1,156 @@
+"""The routed expert MLP over per-slot weights: each token through its slot's SwiGLU, computing only what is used.
+
+Read-ME's sliced MoE keeps the routed part of every expert in one of C slots; slot c holds three separate
+arrays ``(w_gate_DX, w_up_DX, w_down_XD)``. Separate arrays, not one stacked ``[C, D, X]`` array, because
+XLA on CPU copies a dynamically indexed ``[D, X]`` slice before a matmul (measured: the copy costs more than
+the matmul at decode sizes), and because a serving engine can then replace one slot's arrays without
+touching, copying or recompiling anything else.
+
+``slot_mlp(x_TD, plan, experts)`` for T tokens and a plan built once per forward (every layer reuses it):
+
+1. ``make_slot_plan(slot_T, C)``: rows sorted by slot (stable), each slot's row count and first row.
+2. For each slot c, in slot order (a static loop over C):
+   a. whole chunks of ``big`` rows from the slot's first row: a loop whose trip count is read at run time;
+   b. the remainder r < big in one chunk of the smallest tail size >= r, picked by ``lax.switch`` (r == 0 runs
+      nothing). A tail chunk may run past the slot's rows into the next slots' rows; those rows are written
+      again, correctly, when their own slot runs later (slots run in sorted order), and past the last slot they
+      land in padding. So no select is needed, and inf/nan of a neighbour never mixes into a result.
+3. Unsort.
+
+Chunk sizes are static and chosen from T at trace time. For a decode step (T <= ``big``) there are no whole
+chunks and the tail sizes are 1, 2, 4, ... up to T's power of two: when every token shares one slot (what
+expert-aware batching produces) the step is one dense SwiGLU over that slot's weights; with several slots it
+costs at most twice the routed rows. Unused slots cost one ``switch`` that runs nothing. No dense computation
+over all experts ever happens, on any backend.
+
+Inference only: the dynamic trip counts make the loops non-differentiable in reverse mode (training uses the
+masked form of the MoE, or ``expert_mlp`` with its custom VJP).
+
+Letters as in the project's key: T tokens, D model width, X one slot's routed width, C slots.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kernels.gmm.checks import GmmInputError
+
+BIG_ROWS = 128  # whole-chunk height at prefill sizes
+PREFILL_TAILS = (8, 16, 32, 64, 128)  # remainder chunk heights at prefill sizes (<= BIG_ROWS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPlan:
+    """Which sorted rows belong to which slot; a pytree, built once per forward."""
+
+    sort_idx_T: jax.Array  # int32, sorted row r holds token sort_idx_T[r]
+    unsort_idx_T: jax.Array  # int32, token t sits at sorted row unsort_idx_T[t]
+    sizes_C: jax.Array  # int32, rows per slot
+    starts_C: jax.Array  # int32, first sorted row of each slot
+
+    @property
+    def num_tokens(self) -> int:
+        return self.sort_idx_T.shape[0]
+
+    @property
+    def num_slots(self) -> int:
+        return self.sizes_C.shape[0]
+
+
+jax.tree_util.register_dataclass(SlotPlan, data_fields=[f.name for f in dataclasses.fields(SlotPlan)],
+                                 meta_fields=[])
+
+
+def make_slot_plan(slot_T, num_slots: int) -> SlotPlan:
+    """The plan for ``slot_T`` (int [T], values in [0, num_slots); the caller maps experts to slots and checks)."""
+    if slot_T.ndim != 1 or slot_T.shape[0] < 1:
+        raise GmmInputError(f"slot_T must be 1-D [T] with T >= 1, got shape {tuple(slot_T.shape)}")
+    if not isinstance(num_slots, int) or num_slots < 1:
+        raise GmmInputError(f"num_slots must be a positive int, got {num_slots!r}")
+    slot_T = slot_T.astype(jnp.int32)
+    sort_idx_T = jnp.argsort(slot_T, stable=True).astype(jnp.int32)
+    unsort_idx_T = jnp.zeros_like(sort_idx_T).at[sort_idx_T].set(jnp.arange(slot_T.shape[0], dtype=jnp.int32))
+    sizes_C = jnp.bincount(slot_T, length=num_slots).astype(jnp.int32)
+    starts_C = (jnp.cumsum(sizes_C) - sizes_C).astype(jnp.int32)
+    return SlotPlan(sort_idx_T, unsort_idx_T, sizes_C, starts_C)
+
+
+def chunk_sizes(num_tokens: int) -> tuple[int, tuple[int, ...]]:
+    """(whole-chunk rows, tail sizes) for T tokens: decode sizes get power-of-two tails up to T."""
+    if num_tokens <= BIG_ROWS:
+        top = 1 << max(num_tokens - 1, 0).bit_length()
+        return top, tuple(1 << k for k in range(top.bit_length()))
+    return BIG_ROWS, PREFILL_TAILS
+
+
+def swiglu(x_TD, w_gate_DX, w_up_DX, w_down_XD):
+    """(silu(x @ Wg) * (x @ Wu)) @ Wd, as the dense model computes its MLP."""
+    return (jax.nn.silu(x_TD @ w_gate_DX) * (x_TD @ w_up_DX)) @ w_down_XD
+
+
+def _check_experts(x_TD, plan: SlotPlan, experts) -> None:
+    if x_TD.ndim != 2 or x_TD.shape[0] != plan.num_tokens:
+        raise GmmInputError(f"x_TD must be [T={plan.num_tokens}, D], got shape {tuple(x_TD.shape)}")
+    if len(experts) != plan.num_slots:
+        raise GmmInputError(f"{len(experts)} slots of weights but the plan has {plan.num_slots} slots")
+    d = x_TD.shape[1]
+    for c, ws in enumerate(experts):
+        if len(ws) != 3:
+            raise GmmInputError(f"slot {c}: expected (w_gate_DX, w_up_DX, w_down_XD), got {len(ws)} arrays")
+        g, u, dn = ws
+        x = g.shape[-1]
+        if g.shape != (d, x) or u.shape != (d, x) or dn.shape != (x, d):
+            raise GmmInputError(f"slot {c}: weight shapes {g.shape}, {u.shape}, {dn.shape} do not fit D={d} "
+                                f"(want [D, X], [D, X], [X, D])")
+        for w in ws:
+            if w.dtype != x_TD.dtype:
+                raise GmmInputError(f"slot {c}: weights have dtype {w.dtype} but the tokens {x_TD.dtype}")
+
+
+def slot_mlp(x_TD, plan: SlotPlan, experts):
+    """Each token through its slot's SwiGLU (module docstring); [T, D] in token order.
+
+    Args:
+      x_TD: [T, D] in token order.
+      plan: ``make_slot_plan(slot_T, C)`` for these T tokens.
+      experts: C tuples ``(w_gate_DX, w_up_DX, w_down_XD)`` in the dtype of x_TD (X may differ per slot only
+        if every slot gets its own width; usually they are equal).
+    """
+    _check_experts(x_TD, plan, experts)
+    T, D = x_TD.shape
+    big, tails = chunk_sizes(T)
+    pad = max(big, max(tails))
+    xs = jnp.pad(x_TD[plan.sort_idx_T], ((0, pad), (0, 0)))  # a chunk may read (and write) past row T
+    out = jnp.zeros((T + pad, D), x_TD.dtype)
+    for c, weights in enumerate(experts):
+        start, size = plan.starts_C[c], plan.sizes_C[c]
+
+        def whole(i, out, start=start, weights=weights):
+            row = start + i * big
+            y = swiglu(lax.dynamic_slice_in_dim(xs, row, big), *weights)
+            return lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), row, 0)
+
+        n_whole = size // big if T > big else jnp.int32(0)
+        if T > big:
+            out = lax.fori_loop(0, n_whole, whole, out)
+        tail_row, rest = start + n_whole * big, size - n_whole * big
+        # Branch 0 runs nothing; branch k computes the tail in a chunk of tails[k-1] rows.
+        pick = jnp.where(rest == 0, 0, 1 + jnp.searchsorted(jnp.asarray(tails), rest, side="left"))
+
+        def tail(rows, out, row=tail_row, weights=weights):
+            y = swiglu(lax.dynamic_slice_in_dim(xs, row, rows), *weights)
+            return lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), row, 0)
+
+        branches = [lambda out: out] + [lambda out, rows=rows: tail(rows, out) for rows in tails]
+        out = lax.switch(pick, branches, out)
+    return out[:T][plan.unsort_idx_T]
+
+
+def slot_mlp_reference(x_TD, slot_T, experts):
+    """The oracle: every slot over every row, each row keeping its own slot's result (C times the work)."""
+    out = jnp.zeros_like(x_TD)
+    for c, weights in enumerate(experts):
+        out = jnp.where((slot_T == c)[:, None], swiglu(x_TD, *weights).astype(x_TD.dtype), out)
+    return out
