@@ -57,9 +57,10 @@ def build_parser(entry_points=None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, entry_points=None) -> int:
+    """Run one command; ``entry_points`` replaces the registry (e.g. where the project is not installed)."""
     try:
-        parser = build_parser()
+        parser = build_parser(entry_points)
     except ReadmeJaxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

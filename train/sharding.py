@@ -48,10 +48,18 @@ RULES = MappingProxyType({
 # Logical axes of every state leaf, by leaf name: the dense model's table plus the MoE and router leaves.
 PARAM_AXES = MappingProxyType({
     **LOGICAL_AXES,
-    # MoELlama, sliced form: each expert's X neurons stacked over E.
-    "w_gate_EDX": ("expert", "embed", "expert_mlp"),
-    "w_up_EDX": ("expert", "embed", "expert_mlp"),
-    "w_down_EXD": ("expert", "expert_mlp", "embed"),
+    # MoELlama, sliced form (inference): the permanent neurons, and each slot's routed neurons, per slot or
+    # stacked over the C slots; the slot table is replicated.
+    "w_gate_DR": ("embed", "mlp"),
+    "w_up_DR": ("embed", "mlp"),
+    "w_down_RD": ("mlp", "embed"),
+    "w_gate_DX": ("embed", "expert_mlp"),
+    "w_up_DX": ("embed", "expert_mlp"),
+    "w_down_XD": ("expert_mlp", "embed"),
+    "w_gate_CDX": ("expert", "embed", "expert_mlp"),
+    "w_up_CDX": ("expert", "embed", "expert_mlp"),
+    "w_down_CXD": ("expert", "expert_mlp", "embed"),
+    "slot_of_expert_E": ("expert",),
     # The masked form's NeuronMask. Its F follows the MLP intermediate it multiplies, so the product stays local.
     "mask_EF": ("expert", "mlp"),
     # Router (no GQA: its keys and values have one head per query head).

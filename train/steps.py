@@ -23,7 +23,9 @@ from readme_jax.trees import leaf_name
 from train import losses
 
 MLP_NAMES = ("w_gate_DF", "w_up_DF", "w_down_FD")  # the masked form's MLP: what expert_params="experts" trains
-SLICED_MLP_NAMES = ("w_gate_EDX", "w_up_EDX", "w_down_EXD")
+# Leaves only the sliced form has (readme_jax.moe): routed slots, per-slot or stacked, and the permanent neurons.
+SLICED_MLP_NAMES = ("w_gate_DX", "w_up_DX", "w_down_XD", "w_gate_CDX", "w_up_CDX", "w_down_CXD", "w_gate_DR",
+                    "w_up_DR", "w_down_RD")
 
 
 def check_masked_backbone(params) -> None:
@@ -35,8 +37,9 @@ def check_masked_backbone(params) -> None:
     """
     names = {leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
     if names & set(SLICED_MLP_NAMES):
-        raise ReadmeJaxError("training needs the masked form of the MoE, got the sliced form (stacked "
-                             f"{'/'.join(SLICED_MLP_NAMES)}); build the backbone with form='masked'")
+        raise ReadmeJaxError("training needs the masked form of the MoE, got the sliced form (leaves "
+                             f"{'/'.join(sorted(names & set(SLICED_MLP_NAMES)))}); build the backbone with "
+                             "form='masked'")
     missing = [n for n in MLP_NAMES if n not in names]
     if missing:
         raise ReadmeJaxError(f"the backbone has no {', '.join(missing)}: not a masked-form Read-ME MoE")

@@ -1,8 +1,9 @@
 """Public entry points: gmm, tgmm and expert_mlp, each behind ``implementation=``.
 
-  None               the best available for the default backend: CPU -> "xla"; GPU -> "reference" until the
-                     Pallas kernel is validated on an H100; anything else -> "reference". Each fallback
-                     is logged (once per trace).
+  None               the best available for the default backend: "xla" on CPU and GPU (it computes only each
+                     row's own expert; XLA may lower ragged_dot on a GPU to a dense product over all experts)
+                     until the Pallas kernel is validated on a GPU; anything else -> "reference". Each
+                     fallback is logged (once per trace).
   "reference"        jax.lax.ragged_dot, plain autodiff; the oracle, runs everywhere.
   "xla"              the CPU formulation (xla.py), custom VJP.
   "pallas_gpu"       the Pallas kernels compiled for the GPU (Triton lowering), custom VJP.
@@ -25,9 +26,10 @@ from kernels.gmm.metadata import GroupMetadata
 logger = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas_gpu", "pallas_interpret")
-# The Pallas GPU kernel has only run in interpret mode so far: until it is validated and measured on an
-# H100 (docs/benchmarks.md), None on a GPU means XLA's ragged_dot; ask for "pallas_gpu" explicitly to try it.
-_DEFAULT_ORDER = {"gpu": ("reference",), "cpu": ("xla",)}
+# The Pallas GPU kernel has only run in interpret mode so far: until it is validated and measured on a GPU
+# (docs/benchmarks.md, scripts/gpu_check.sh), None on a GPU means the XLA loop, which computes only the routed
+# experts (ragged_dot may become E times the FLOPs there); ask for "pallas_gpu" explicitly to try it.
+_DEFAULT_ORDER = {"gpu": ("xla",), "cpu": ("xla",)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,10 @@ touching, copying or recompiling anything else.
       land in padding. So no select is needed, and inf/nan of a neighbour never mixes into a result.
 3. Unsort.
 
-Chunk sizes are static and chosen from T at trace time. For a decode step (T <= ``big``) there are no whole
-chunks and the tail sizes are 1, 2, 4, ... up to T's power of two: when every token shares one slot (what
-expert-aware batching produces) the step is one dense SwiGLU over that slot's weights; with several slots it
-costs at most twice the routed rows. Unused slots cost one ``switch`` that runs nothing. No dense computation
+Chunk sizes are static and chosen from T at trace time (``chunk_sizes``). For a decode step (T <= 16) there
+are no whole chunks and the tail sizes are 1, 2, 4, ... up to T's power of two: when every token shares one slot
+(what expert-aware batching produces) the step is one dense SwiGLU over that slot's weights. Larger calls add
+1.5x steps (3, 6, 12, ...), so a tail computes at most a third more rows than it keeps. Unused slots cost one ``switch`` that runs nothing. No dense computation
 over all experts ever happens, on any backend.
 
 Inference only: the dynamic trip counts make the loops non-differentiable in reverse mode (training uses the
@@ -38,7 +38,10 @@ from jax import lax
 from kernels.gmm.checks import GmmInputError
 
 BIG_ROWS = 128  # whole-chunk height at prefill sizes
-PREFILL_TAILS = (8, 16, 32, 64, 128)  # remainder chunk heights at prefill sizes (<= BIG_ROWS)
+# Remainder chunk heights: powers of two and 1.5x powers of two, so a chunk wastes at most a third of its rows
+# (small matmuls on a CPU cost about the same for 1 or 4 rows, so decode sizes stop at powers of two).
+TAILS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+DECODE_ROWS = 16  # up to here every chunk height is a power of two
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +81,13 @@ def make_slot_plan(slot_T, num_slots: int) -> SlotPlan:
 
 
 def chunk_sizes(num_tokens: int) -> tuple[int, tuple[int, ...]]:
-    """(whole-chunk rows, tail sizes) for T tokens: decode sizes get power-of-two tails up to T."""
-    if num_tokens <= BIG_ROWS:
-        top = 1 << max(num_tokens - 1, 0).bit_length()
+    """(whole-chunk rows, tail sizes) for T tokens: tails up to T's bucket, whole chunks only above BIG_ROWS."""
+    top = 1 << max(num_tokens - 1, 0).bit_length()
+    if num_tokens <= DECODE_ROWS:
         return top, tuple(1 << k for k in range(top.bit_length()))
-    return BIG_ROWS, PREFILL_TAILS
+    if num_tokens <= BIG_ROWS:
+        return top, tuple(t for t in TAILS if t <= top)
+    return BIG_ROWS, tuple(t for t in TAILS if t >= 8)
 
 
 def swiglu(x_TD, w_gate_DX, w_up_DX, w_down_XD):

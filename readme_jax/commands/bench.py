@@ -11,7 +11,9 @@ Every engine gets the same prompts (chat-formatted), greedy decoding and exactly
 Each cell is the median of ``--repeats`` timed runs after one warm-up run; dense and MoE runs alternate, so a
 slow moment of a shared machine spoils one pair, not a column. transformers' decode time is (time for N new
 tokens) - (time for 1 new token), measured in interleaved pairs. Greedy agreement: identical sequences (dense vs
-transformers) and the share of identical tokens, position by position (MoE vs dense).
+transformers) and the share of identical tokens, position by position (MoE vs dense). For the MoE, the mean
+number of distinct experts a decode step touches: a step reads the weights of each expert its tokens use, so
+this, not the batch size, sets its cost (expert-aware batching in ``serve`` drives it towards 1).
 """
 
 import json
@@ -129,6 +131,15 @@ def load_engines(spec: str, dense_spec: str | None):
     return {"dense": dense, "moe": lm}, "the dense weights stored in the folder (no source recorded)"
 
 
+def _distinct_per_step(moe, prompts, generated) -> float:
+    """Mean number of distinct experts among the batch's tokens at each decode step (router's choices)."""
+    import numpy as np
+
+    experts = [moe.route(np.asarray([p + g[:-1]]))[0, len(p):] for p, g in zip(prompts, generated)]
+    steps = min(len(e) for e in experts)
+    return float(np.mean([len({int(e[t]) for e in experts}) for t in range(steps)])) if steps else 0.0
+
+
 def _agreement(a, b) -> float:
     """Share of identical tokens, position by position, over all sequences."""
     same = sum(x == y for s, t in zip(a, b) for x, y in zip(s, t))
@@ -157,6 +168,7 @@ def run_generate(args) -> int:
             row["moe_vs_dense_prefill"] = row["moe_prefill_tok_s"] / row["dense_prefill_tok_s"]
             row["moe_vs_dense_decode"] = row["moe_decode_tok_s"] / row["dense_decode_tok_s"]
             row["moe_dense_token_agreement"] = _agreement(ours["moe"][0], ours["dense"][0])
+            row["moe_distinct_experts_per_step"] = _distinct_per_step(engines["moe"], prompts, ours["moe"][0])
         if folder:
             hf_ids, hf_pre, hf_dec = _hf(folder, prompts, args.new_tokens, args.repeats, dense.tokenizer.pad_id)
             row.update(hf_prefill_tok_s=n_prompt / hf_pre, hf_decode_tok_s=batch * (args.new_tokens - 1) / hf_dec)
@@ -185,7 +197,7 @@ def format_table(rows) -> str:
     """One markdown table; the columns present in the rows, in a fixed order."""
     order = ["batch", "prompt_tokens", "new_tokens", "dense_prefill_tok_s", "dense_decode_tok_s",
              "moe_prefill_tok_s", "moe_decode_tok_s", "moe_vs_dense_prefill", "moe_vs_dense_decode",
-             "moe_dense_token_agreement", "hf_prefill_tok_s", "hf_decode_tok_s", "dense_vs_hf_prefill",
+             "moe_dense_token_agreement", "moe_distinct_experts_per_step", "hf_prefill_tok_s", "hf_decode_tok_s", "dense_vs_hf_prefill",
              "dense_vs_hf_decode", "dense_hf_greedy_identical"]
     cols = [c for c in order if c in rows[0]]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -90,7 +90,7 @@ def test_named_implementations():
 
 def test_none_falls_back_and_logs(monkeypatch, caplog):
     monkeypatch.setattr(api.jax, "default_backend", lambda: "gpu")
-    assert resolve_implementation(None, META) == "reference"  # until the Pallas kernel is validated on a GPU
+    assert resolve_implementation(None, META) == "xla"  # only the routed experts, until Pallas is validated
     monkeypatch.setattr(api, "_DEFAULT_ORDER", {"gpu": ("pallas_gpu", "reference")})
     monkeypatch.setattr(pallas, "gpu_unavailable_reason", lambda tile_m, dims: "no Triton here")
     with caplog.at_level(logging.WARNING, logger="kernels.gmm.api"):

@@ -57,22 +57,31 @@ def test_cached_decode_equals_full_forward(model):
         np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_alone_equals_prompt_in_padded_batch(model):
+def test_packed_prefill_equals_each_prompt_alone(model):
+    """Prompts packed into one row give each prompt's logits and cache rows exactly as alone (and as the full
+    forward): the block-diagonal mask keeps them apart, and padding costs no compute."""
     graphdef, state = nnx.split(model)
-    short = [5, 9, 11, 20]
-    long = list(range(30, 43))
-    prompt_len = 16
-    tok_a, val_a = np.zeros((1, prompt_len), np.int32), np.zeros((1, prompt_len), bool)
-    tok_a[0, prompt_len - 4:], val_a[0, prompt_len - 4:] = short, True
-    tok_b, val_b = np.zeros((2, prompt_len), np.int32), np.zeros((2, prompt_len), bool)
-    tok_b[0, prompt_len - 4:], val_b[0, prompt_len - 4:] = short, True
-    tok_b[1, prompt_len - 13:], val_b[1, prompt_len - 13:] = long, True
-    alone, *_ = functional.prefill(graphdef, state, tok_a, val_a, 32)
-    batch, *_ = functional.prefill(graphdef, state, tok_b, val_b, 32)
-    np.testing.assert_allclose(np.asarray(alone[0]), np.asarray(batch[0]), atol=1e-5, rtol=1e-5)
-    # and the unpadded full forward agrees with the left-padded prefill
-    full = np.asarray(model(jnp.asarray([short])))[0, -1]
-    np.testing.assert_allclose(np.asarray(alone[0]), full, atol=1e-5, rtol=1e-5)
+    short, long = [5, 9, 11, 20], list(range(30, 43))
+    slots, cache_len = 16, 32
+
+    def run(prompts, total, batch):
+        packing = functional.pack(prompts, total, batch, slots, cache_len, pad_id=0)
+        logits, cache, missing = functional.prefill(graphdef, state, packing, batch, cache_len)
+        assert int(missing) == -1
+        return np.asarray(logits), cache, packing
+
+    both, cache, packing = run([short, long], 32, 2)
+    assert packing.kv_valid_BS.sum(1).tolist() == [4, 13] and packing.kv_valid_BS[1, slots - 13:slots].all()
+    for row, prompt in enumerate((short, long)):
+        alone, alone_cache, _ = run([prompt], 16, 1)
+        np.testing.assert_allclose(both[row], alone[0], atol=1e-5, rtol=1e-5)
+        full = np.asarray(model(jnp.asarray([prompt])))[0, -1]
+        np.testing.assert_allclose(both[row], full, atol=1e-5, rtol=1e-5)
+        for (k, v), (k1, v1) in zip(cache, alone_cache):
+            np.testing.assert_allclose(np.asarray(k[row]), np.asarray(k1[0]), atol=1e-6)
+            np.testing.assert_allclose(np.asarray(v[row]), np.asarray(v1[0]), atol=1e-6)
+    # slots that hold no prompt token stay empty (padding tokens are dropped, not written)
+    assert not np.asarray(cache[0][0][0, :, : slots - 4]).any()
 
 
 def test_gqa_equals_repeated_kv_heads():
@@ -129,3 +138,23 @@ def test_tied_embeddings_use_embedding_as_head():
     assert not hasattr(m, "w_head_DV")
     h = jax.random.normal(jax.random.key(5), (1, 2, m.cfg.d_model))
     np.testing.assert_allclose(np.asarray(m.head(h)), np.asarray(h @ m.embed_VD[...].T), atol=1e-5)
+
+
+def test_lm_logits_buckets_lengths_and_equals_the_forward(model):
+    """LM.logits pads to a length bucket (and batch to a power of two): a new length in the same bucket reuses
+    the compiled forward, and the padding never changes the real positions' logits (causal)."""
+    import types
+
+    from readme_jax.lm import LM
+
+    lm = LM(model, types.SimpleNamespace(pad_id=0))
+    ids = np.random.default_rng(7).integers(4, model.cfg.vocab_size, (3, 13))
+    got = lm.logits(ids)
+    assert got.shape == (3, 13, model.cfg.vocab_size)
+    np.testing.assert_allclose(got, np.asarray(model(jnp.asarray(ids))), atol=1e-5, rtol=1e-5)
+    compiled = functional.forward._cache_size()
+    lm.logits(ids[:, :11])  # [3, 11] -> the same [4, 16] bucket
+    assert functional.forward._cache_size() == compiled
+    lm.logits(ids[:1, :15])  # [1, 15] -> [1, 16]: a new batch bucket
+    lm.logits(ids[:1, :3])
+    assert functional.forward._cache_size() == compiled + 1
