@@ -165,12 +165,14 @@ def jax_to_numpy(tree):
 
 
 def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, form: str = "sliced",
-         kernel: str | None = None) -> LM:
+         kernel: str | None = None, split_shared: bool = True) -> LM:
     """Load a model: ``"default"``, a ``.gguf`` file, an HF checkpoint folder, or a Read-ME MoE folder.
 
     A MoE folder loads in the sliced form, the inference form (each token computes only its expert's neurons);
     ``form="masked"`` gives the masked-dense form that profiling and training use. ``kernel`` picks the sliced
-    form's expert kernel (``readme_jax.moe``; default: per-slot weights).
+    form's expert kernel (``readme_jax.moe``; default: per-slot weights). ``split_shared=False`` fuses the permanent
+    neurons into every expert's slot (wider matmuls, a little faster to decode on a CPU; but every slot then
+    duplicates them, so an expert load moves about twice the bytes).
     """
     from readme_jax import gguf_import, hf_import, moe_io
     from readme_jax import tokenizer as tok
@@ -186,7 +188,8 @@ def load(spec: str = "default", dtype: str = "float32", verbose: bool = False, f
             raise ReadmeJaxError(f"{spec}: no such file or folder (expected 'default', a .gguf file or an "
                                  "HF checkpoint folder)")
     if path.is_dir() and moe_io.is_moe_folder(path):
-        model, tokenizer, masks_NEF, router = moe_io.load_moe(path, dtype=dtype, form=form, kernel=kernel)
+        model, tokenizer, masks_NEF, router = moe_io.load_moe(path, dtype=dtype, form=form, kernel=kernel,
+                                                              split_shared=split_shared)
         return MoELM(model, tokenizer, source=str(path), masks_NEF=masks_NEF, router=router)
     if path.is_file():
         gf, cfg, get, has = gguf_import.load_gguf(path, dtype=dtype)

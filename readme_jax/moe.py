@@ -7,8 +7,8 @@ and used by every layer (pre-gating: the router runs before the backbone).
   neuron mask ``mask_EF``; token t keeps neurons ``mask_EF[expert_id[t]]`` of the SwiGLU intermediate.
   Neurons shared by several experts stay weight-tied, as in the reference code.
 * sliced (``form="sliced"``, for inference and serving): per layer n, the permanent neurons (those in every
-  expert's set, R_n of them) are ordinary dense parameters ``w_gate_DR``, ``w_up_DR``, ``w_down_RD`` that
-  every token uses; each expert's specific neurons (X_n = k - R_n) sit in one of C slots. SwiGLU is
+  expert's set, R_n of them) are ordinary dense parameters ``w_gate_up_D2R`` (gate and up side by side) and
+  ``w_down_RD`` that every token uses; each expert's specific neurons (X_n = k - R_n) sit in one of C slots. SwiGLU is
   elementwise over neurons, so permanent + specific is exactly the masked form's sum over the expert's set.
 
 Slots. The routed (specific) weights live in C <= E slots and a ``slot_of_expert_E`` table (int32 [E], -1 = not
@@ -129,12 +129,11 @@ class ExpertSlot(nnx.Module):
     """One slot of routed weights at one layer: an expert's specific neurons."""
 
     def __init__(self, d_model: int, width: int, dtype, *, rngs: nnx.Rngs):
-        self.w_gate_DX = _param(rngs, (d_model, width), dtype)
-        self.w_up_DX = _param(rngs, (d_model, width), dtype)
+        self.w_gate_up_D2X = _param(rngs, (d_model, 2 * width), dtype)  # [gate | up]: one matmul reads both
         self.w_down_XD = _param(rngs, (width, d_model), dtype)
 
     def weights(self):
-        return self.w_gate_DX[...], self.w_up_DX[...], self.w_down_XD[...]
+        return self.w_gate_up_D2X[...], self.w_down_XD[...]
 
 
 class MoEBlock(Block):
@@ -146,8 +145,7 @@ class MoEBlock(Block):
             return
         R, X = cfg.shared_width(layer), cfg.routed_width(layer)
         if R:
-            self.w_gate_DR = _param(rngs, (D, R), dt)
-            self.w_up_DR = _param(rngs, (D, R), dt)
+            self.w_gate_up_D2R = _param(rngs, (D, 2 * R), dt)
             self.w_down_RD = _param(rngs, (R, D), dt)
         if cfg.stacked_slots:
             self.w_gate_CDX = _param(rngs, (C, D, X), dt)
@@ -171,8 +169,8 @@ class MoEBlock(Block):
         else:
             y_TD = slot_mlp(h_BLD.reshape(B * L, D), route, tuple(slot.weights() for slot in self.experts))
             y_BLD = y_TD.reshape(B, L, D)
-        if hasattr(self, "w_gate_DR"):  # the permanent neurons: one dense SwiGLU for every token
-            y_BLD = y_BLD + swiglu(h_BLD, self.w_gate_DR[...], self.w_up_DR[...], self.w_down_RD[...])
+        if hasattr(self, "w_gate_up_D2R"):  # the permanent neurons: one dense SwiGLU for every token
+            y_BLD = y_BLD + swiglu(h_BLD, self.w_gate_up_D2R[...], self.w_down_RD[...])
         return y_BLD
 
 

@@ -159,12 +159,13 @@ def build_router(router_cfg, router_pure):
     return router
 
 
-def load_moe(folder: Path, dtype: str = "float32", form: str = "sliced", kernel: str | None = None):
+def load_moe(folder: Path, dtype: str = "float32", form: str = "sliced", kernel: str | None = None,
+             split_shared: bool = True):
     """(MoE model, tokenizer, masks_NEF, router or None) from a Read-ME folder."""
     from readme_jax.refactor import build_moe
 
     parts = read_moe_folder(folder, dtype)
     model = build_moe(parts["cfg"], parts["dense_pure"], parts["masks_NEF"], form=form, domains=parts["domains"],
-                      keep_ratio=parts["keep_ratio"], kernel=kernel)
+                      keep_ratio=parts["keep_ratio"], kernel=kernel, split_shared=split_shared)
     router = None if parts["router"] is None else build_router(*parts["router"])
     return model, parts["tokenizer"], parts["masks_NEF"], router

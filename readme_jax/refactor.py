@@ -79,7 +79,7 @@ def sliced_pure(dense_pure: dict, masks_NEF: np.ndarray, split_shared: bool = Tr
     """Pure state of the sliced-form MoE and its per-layer shared widths R_n.
 
     With ``split_shared`` the permanent neurons of layer n (in every expert's set) become the dense
-    ``w_gate_DR`` / ``w_up_DR`` / ``w_down_RD`` and each expert keeps only its specific neurons; without it every
+    ``w_gate_up_D2R`` / ``w_down_RD`` and each expert keeps only its specific neurons; without it every
     expert holds its whole set (R_n = 0). Experts 0..C-1 fill the C slots (``n_slots``, default E), one slot
     per expert, as separate arrays or stacked over C (``stacked``, for the grouped-matmul kernels).
     """
@@ -98,13 +98,13 @@ def sliced_pure(dense_pure: dict, masks_NEF: np.ndarray, split_shared: bool = Tr
         gate, up, down = (np.asarray(blk[name]) for name in ("w_gate_DF", "w_up_DF", "w_down_FD"))
         new = {key: v for key, v in blk.items() if key not in ("w_gate_DF", "w_up_DF", "w_down_FD", "mask_EF")}
         if idx_R.size:
-            new.update(w_gate_DR=gate[:, idx_R], w_up_DR=up[:, idx_R], w_down_RD=down[idx_R])
+            new.update(w_gate_up_D2R=np.concatenate([gate[:, idx_R], up[:, idx_R]], axis=1), w_down_RD=down[idx_R])
         if stacked:
             new.update(w_gate_CDX=gate[:, idx_CX].transpose(1, 0, 2), w_up_CDX=up[:, idx_CX].transpose(1, 0, 2),
                        w_down_CXD=down[idx_CX])
         else:
-            new["experts"] = {c: {"w_gate_DX": gate[:, idx], "w_up_DX": up[:, idx], "w_down_XD": down[idx]}
-                              for c, idx in enumerate(idx_CX)}
+            new["experts"] = {c: {"w_gate_up_D2X": np.concatenate([gate[:, idx], up[:, idx]], axis=1),
+                                  "w_down_XD": down[idx]} for c, idx in enumerate(idx_CX)}
         out["blocks"][n] = new
         shared.append(int(idx_R.size))
     table = np.full(E, -1, np.int32)

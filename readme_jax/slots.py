@@ -1,7 +1,7 @@
 """Experts in and out of a sliced MoE's slots (``readme_jax.moe``): the host bank of routed weights, a model that
 holds only some experts, and the functional update that loads one expert into one slot.
 
-1. ``expert_bank(model)``: every expert's routed weights, per layer ``(w_gate_DX, w_up_DX, w_down_XD)``, as host
+1. ``expert_bank(model)``: every expert's routed weights, per layer ``(w_gate_up_D2X, w_down_XD)``, as host
    numpy arrays, taken from an all-resident sliced model (the permanent neurons stay in the model).
 2. ``with_slots(model, resident)``: the same model with only the experts ``resident`` in slots 0..C-1.
 3. ``install(state, slot, expert, weights)``: a new state (the old one untouched) with ``weights`` in ``slot``
@@ -18,7 +18,7 @@ from flax import nnx
 
 from readme_jax.errors import ReadmeJaxError
 
-WEIGHT_NAMES = ("w_gate_DX", "w_up_DX", "w_down_XD")
+WEIGHT_NAMES = ("w_gate_up_D2X", "w_down_XD")
 
 
 def _require_slots(cfg) -> None:
@@ -28,7 +28,7 @@ def _require_slots(cfg) -> None:
 
 
 def expert_bank(model) -> list[dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Per expert e (all E must be resident), {layer: (w_gate_DX, w_up_DX, w_down_XD)} as host numpy."""
+    """Per expert e (all E must be resident), {layer: (w_gate_up_D2X, w_down_XD)} as host numpy."""
     cfg = model.cfg
     _require_slots(cfg)
     table = np.asarray(model.slot_of_expert_E[...])

@@ -50,11 +50,9 @@ PARAM_AXES = MappingProxyType({
     **LOGICAL_AXES,
     # MoELlama, sliced form (inference): the permanent neurons, and each slot's routed neurons, per slot or
     # stacked over the C slots; the slot table is replicated.
-    "w_gate_DR": ("embed", "mlp"),
-    "w_up_DR": ("embed", "mlp"),
+    "w_gate_up_D2R": ("embed", "mlp"),
     "w_down_RD": ("mlp", "embed"),
-    "w_gate_DX": ("embed", "expert_mlp"),
-    "w_up_DX": ("embed", "expert_mlp"),
+    "w_gate_up_D2X": ("embed", "expert_mlp"),
     "w_down_XD": ("expert_mlp", "embed"),
     "w_gate_CDX": ("expert", "embed", "expert_mlp"),
     "w_up_CDX": ("expert", "embed", "expert_mlp"),

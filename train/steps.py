@@ -24,8 +24,8 @@ from train import losses
 
 MLP_NAMES = ("w_gate_DF", "w_up_DF", "w_down_FD")  # the masked form's MLP: what expert_params="experts" trains
 # Leaves only the sliced form has (readme_jax.moe): routed slots, per-slot or stacked, and the permanent neurons.
-SLICED_MLP_NAMES = ("w_gate_DX", "w_up_DX", "w_down_XD", "w_gate_CDX", "w_up_CDX", "w_down_CXD", "w_gate_DR",
-                    "w_up_DR", "w_down_RD")
+SLICED_MLP_NAMES = ("w_gate_up_D2X", "w_down_XD", "w_gate_CDX", "w_up_CDX", "w_down_CXD", "w_gate_up_D2R",
+                    "w_down_RD")
 
 
 def check_masked_backbone(params) -> None:

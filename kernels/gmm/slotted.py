@@ -1,7 +1,9 @@
 """The routed expert MLP over per-slot weights: each token through its slot's SwiGLU, computing only what is used.
 
-Read-ME's sliced MoE keeps the routed part of every expert in one of C slots; slot c holds three separate
-arrays ``(w_gate_DX, w_up_DX, w_down_XD)``. Separate arrays, not one stacked ``[C, D, X]`` array, because
+Read-ME's sliced MoE keeps the routed part of every expert in one of C slots; slot c holds two separate
+arrays ``(w_gate_up_D2X, w_down_XD)``: the gate and up projections side by side ([D, 2X], gate columns first),
+because one [D, 2X] matmul reads its weights at a higher rate than two [D, X] ones (measured: 28 against
+18-22 GB/s for a one-row product on the project's CPU). Separate arrays, not one stacked ``[C, D, X]`` array, because
 XLA on CPU copies a dynamically indexed ``[D, X]`` slice before a matmul (measured: the copy costs more than
 the matmul at decode sizes), and because a serving engine can then replace one slot's arrays without
 touching, copying or recompiling anything else.
@@ -90,9 +92,11 @@ def chunk_sizes(num_tokens: int) -> tuple[int, tuple[int, ...]]:
     return BIG_ROWS, tuple(t for t in TAILS if t >= 8)
 
 
-def swiglu(x_TD, w_gate_DX, w_up_DX, w_down_XD):
-    """(silu(x @ Wg) * (x @ Wu)) @ Wd, as the dense model computes its MLP."""
-    return (jax.nn.silu(x_TD @ w_gate_DX) * (x_TD @ w_up_DX)) @ w_down_XD
+def swiglu(x_TD, w_gate_up_D2X, w_down_XD):
+    """(silu(x @ Wg) * (x @ Wu)) @ Wd with ``w_gate_up_D2X`` = [Wg | Wu], as the dense model computes its MLP."""
+    h_T2X = x_TD @ w_gate_up_D2X
+    x = w_down_XD.shape[0]
+    return (jax.nn.silu(h_T2X[..., :x]) * h_T2X[..., x:]) @ w_down_XD
 
 
 def _check_experts(x_TD, plan: SlotPlan, experts) -> None:
@@ -102,13 +106,13 @@ def _check_experts(x_TD, plan: SlotPlan, experts) -> None:
         raise GmmInputError(f"{len(experts)} slots of weights but the plan has {plan.num_slots} slots")
     d = x_TD.shape[1]
     for c, ws in enumerate(experts):
-        if len(ws) != 3:
-            raise GmmInputError(f"slot {c}: expected (w_gate_DX, w_up_DX, w_down_XD), got {len(ws)} arrays")
-        g, u, dn = ws
-        x = g.shape[-1]
-        if g.shape != (d, x) or u.shape != (d, x) or dn.shape != (x, d):
-            raise GmmInputError(f"slot {c}: weight shapes {g.shape}, {u.shape}, {dn.shape} do not fit D={d} "
-                                f"(want [D, X], [D, X], [X, D])")
+        if len(ws) != 2:
+            raise GmmInputError(f"slot {c}: expected (w_gate_up_D2X, w_down_XD), got {len(ws)} arrays")
+        gu, dn = ws
+        x = dn.shape[0]
+        if gu.shape != (d, 2 * x) or dn.shape != (x, d):
+            raise GmmInputError(f"slot {c}: weight shapes {gu.shape}, {dn.shape} do not fit D={d} "
+                                f"(want [D, 2X], [X, D])")
         for w in ws:
             if w.dtype != x_TD.dtype:
                 raise GmmInputError(f"slot {c}: weights have dtype {w.dtype} but the tokens {x_TD.dtype}")
@@ -120,8 +124,7 @@ def slot_mlp(x_TD, plan: SlotPlan, experts):
     Args:
       x_TD: [T, D] in token order.
       plan: ``make_slot_plan(slot_T, C)`` for these T tokens.
-      experts: C tuples ``(w_gate_DX, w_up_DX, w_down_XD)`` in the dtype of x_TD (X may differ per slot only
-        if every slot gets its own width; usually they are equal).
+      experts: C tuples ``(w_gate_up_D2X, w_down_XD)`` in the dtype of x_TD (usually every slot has the same X).
     """
     _check_experts(x_TD, plan, experts)
     T, D = x_TD.shape

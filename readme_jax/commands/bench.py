@@ -42,6 +42,8 @@ def register(sub):
     g.add_argument("--model", default="default", help="'default', a .gguf, an HF folder or a Read-ME MoE folder")
     g.add_argument("--dense", default=None, help="with a MoE folder: the dense model to compare with (default: the "
                                                  "folder's recorded source, else its own dense weights)")
+    g.add_argument("--experts", choices=("split", "fused"), default="split",
+                   help="MoE slot layout: permanent neurons apart (split, the default) or fused into every expert")
     g.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     g.add_argument("--new-tokens", type=int, default=64)
     g.add_argument("--repeats", type=int, default=3)
@@ -105,7 +107,7 @@ def _hf(folder, prompts, new_tokens, repeats, pad_id):
     return out, statistics.median(firsts), statistics.median(decodes)
 
 
-def load_engines(spec: str, dense_spec: str | None):
+def load_engines(spec: str, dense_spec: str | None, split_shared: bool = True):
     """{"dense": LM} or {"dense": LM, "moe": MoELM} and a note on where the dense model came from."""
     import readme_jax
     from readme_jax.errors import ReadmeJaxError
@@ -113,7 +115,7 @@ def load_engines(spec: str, dense_spec: str | None):
     from readme_jax.moe_io import read_moe_folder
     from readme_jax.weights import build_model
 
-    lm = readme_jax.load(spec)
+    lm = readme_jax.load(spec, split_shared=split_shared)
     if not isinstance(lm, MoELM):
         return {"dense": lm}, "the model itself"
     if lm.router is None:
@@ -149,7 +151,7 @@ def _agreement(a, b) -> float:
 def run_generate(args) -> int:
     import jax
 
-    engines, dense_note = load_engines(args.model, args.dense)
+    engines, dense_note = load_engines(args.model, args.dense, args.experts == "split")
     dense = engines["dense"]
     rows = []
     folder = None
@@ -177,7 +179,8 @@ def run_generate(args) -> int:
             row["dense_hf_greedy_identical"] = sum(a == b for a, b in zip(ours["dense"][0], hf_ids))
         rows.append(row)
     info = {"machine": f"{platform.machine()} {_cpu_name()} ({_cores()} cores)", "python": platform.python_version(),
-            "jax": jax.__version__, "backend": jax.default_backend(), "model": args.model, "dense": dense_note}
+            "jax": jax.__version__, "backend": jax.default_backend(), "model": args.model, "dense": dense_note,
+            "moe_experts": args.experts}
     try:
         import torch
         import transformers

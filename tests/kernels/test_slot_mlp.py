@@ -13,7 +13,7 @@ from kernels.gmm.slotted import chunk_sizes
 
 D, X, C = 16, 8, 3
 RNG = np.random.default_rng(0)
-EXPERTS = tuple(tuple(jnp.asarray(RNG.standard_normal(s).astype(np.float32) * 0.3) for s in ((D, X), (D, X), (X, D)))
+EXPERTS = tuple(tuple(jnp.asarray(RNG.standard_normal(s).astype(np.float32) * 0.3) for s in ((D, 2 * X), (X, D)))
                 for _ in range(C))
 run = jax.jit(slot_mlp)
 
@@ -56,7 +56,7 @@ def test_bad_inputs():
     with pytest.raises(GmmInputError, match="2 slots of weights but the plan has 3"):
         slot_mlp(x, plan, EXPERTS[:2])
     with pytest.raises(GmmInputError, match="do not fit D=16"):
-        slot_mlp(x, plan, EXPERTS[:2] + ((EXPERTS[0][0][:5], EXPERTS[0][1], EXPERTS[0][2]),))
+        slot_mlp(x, plan, EXPERTS[:2] + ((EXPERTS[0][0][:5], EXPERTS[0][1]),))
     with pytest.raises(GmmInputError, match="dtype"):
         slot_mlp(x.astype(jnp.bfloat16), plan, EXPERTS)
     with pytest.raises(GmmInputError, match=r"x_TD must be \[T=4, D\]"):

@@ -116,3 +116,13 @@ def test_bad_inputs(setup):
         gen(setup, [[model.cfg.vocab_size]], max_new_tokens=2)
     with pytest.raises(ReadmeJaxError, match="top_p"):
         SamplingParams(top_p=1.5)
+
+
+def test_token_bucket_bounds_padding():
+    from readme_jax.generate import token_bucket
+
+    sizes = [token_bucket(n) for n in range(1, 5000)]
+    assert all(b >= n for n, b in zip(range(1, 5000), sizes)) and sizes == sorted(sizes)
+    assert token_bucket(1) == 16 and token_bucket(64) == 64 and token_bucket(321) == 352
+    assert all(b - n < 32 for n, b in zip(range(65, 1025), sizes[64:1024]))
+    assert len(set(sizes[:1024])) <= 35  # few shapes to compile

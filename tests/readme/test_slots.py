@@ -39,8 +39,8 @@ def test_shared_neurons_are_kept_apart_and_never_duplicated(full):
     cfg = model.cfg
     assert cfg.shared_widths == tuple(int(m.all(0).sum()) for m in masks)
     for n, block in enumerate(model.blocks):
-        assert block.w_gate_DR.shape == (cfg.d_model, cfg.shared_width(n))
-        assert block.experts[0].w_gate_DX.shape == (cfg.d_model, cfg.expert_width - cfg.shared_width(n))
+        assert block.w_gate_up_D2R.shape == (cfg.d_model, 2 * cfg.shared_width(n))
+        assert block.experts[0].w_gate_up_D2X.shape == (cfg.d_model, 2 * (cfg.expert_width - cfg.shared_width(n)))
     assert cfg.expert_bytes() == sum(3 * cfg.d_model * cfg.routed_width(n) for n in range(cfg.n_layers)) * 4
 
 

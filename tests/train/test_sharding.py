@@ -133,7 +133,7 @@ def test_specs_of_known_leaves(mesh):
     # vocab 97 does not divide over tensor=2: that dimension is replicated, the other still sharded
     assert specs["moe_masked", "embed_VD"] == P(None, "fsdp")
     assert specs["moe_masked", "w_head_DV"] == P("fsdp", None)
-    assert specs["moe_sliced", "w_up_DX"] == P("fsdp", "tensor")
+    assert specs["moe_sliced", "w_gate_up_D2X"] == P("fsdp", "tensor")
     assert specs["moe_sliced", "w_down_XD"] == P("tensor", "fsdp")
     assert specs["router_swiglu", "b_gate_F"] == P("tensor")
     assert specs["router_swiglu", "w_router_out_DE"] == P("fsdp", None)
