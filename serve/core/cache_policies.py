@@ -1,4 +1,4 @@
-"""Eviction policies for the expert cache: Belady, LRU, LFU, FIFO, Random.
+"""Eviction policies for the expert cache: Belady, expected-next-use Belady, LRU, LFU, FIFO, Random.
 
 A policy only answers "which resident key goes?"; the cache (``serve.core.expert_cache``) owns the resident set and
 the counters, and storage (device buffers) sits below the cache. Keys are ints: an expert id, or
@@ -21,7 +21,9 @@ from typing import Protocol
 
 from serve.core.types import ServeError
 
-POLICY_NAMES = ("belady", "lru", "lfu", "fifo", "random")
+EXPECTED = "belady-expected"
+POLICY_NAMES = ("belady", "lru", "lfu", "fifo", "random", EXPECTED)
+LOOKAHEAD_POLICIES = ("belady", EXPECTED)  # the policies that read a lookahead
 
 
 class Lookahead(Protocol):
@@ -175,10 +177,31 @@ class BeladyPolicy:
         return max(candidates, key=lambda k: (next_use(k), -last[k], -k))
 
 
+class ExpectedNextUsePolicy(BeladyPolicy):
+    """Evict the key whose expected next use is farthest (``serve.core.next_use``).
+
+    The lookahead's ``expected_next_use`` (``serve.core.lookahead.ExpectedLookahead``) blends the known pending
+    work with forecast tokens of the live requests. Ties go to the farthest known next use, then as in Belady.
+    A lookahead without forecasts (the replays' ``SequenceLookahead``) makes this policy Belady exactly.
+    """
+
+    name = EXPECTED
+
+    def victim(self, candidates, lookahead):
+        expected = getattr(lookahead, "expected_next_use", None)
+        if expected is None:
+            return super().victim(candidates, lookahead)
+        last = self._last
+        next_use = lookahead.next_use
+        return max(candidates, key=lambda k: (expected(k), next_use(k), -last[k], -k))
+
+
 def make_policy(name: str, seed: int = 0) -> EvictionPolicy:
     """A fresh policy by name (one of POLICY_NAMES); ``seed`` is used by ``random`` only."""
     if name == "belady":
         return BeladyPolicy()
+    if name == EXPECTED:
+        return ExpectedNextUsePolicy()
     if name == "lru":
         return LRUPolicy()
     if name == "lfu":

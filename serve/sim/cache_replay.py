@@ -20,7 +20,7 @@ import dataclasses
 import heapq
 import math
 
-from serve.core.cache_policies import NO_LOOKAHEAD, make_policy
+from serve.core.cache_policies import LOOKAHEAD_POLICIES, NO_LOOKAHEAD, make_policy
 from serve.core.expert_cache import CacheCounters, ExpertCache
 from serve.core.types import ServeError
 
@@ -139,7 +139,7 @@ def replay(
     keys, steps, known, group_ends = stream.expand(unit, num_layers)
     cache = ExpertCache(capacity, make_policy(policy, seed), key_bytes)
     view = NO_LOOKAHEAD
-    if policy == "belady":
+    if policy in LOOKAHEAD_POLICIES:  # belady-expected has no forecast here: it replays as Belady
         view = SequenceLookahead(
             keys,
             steps if (window_steps is not None or lookahead == "pregated") else None,
@@ -163,7 +163,7 @@ def replay_batches(batches, capacity: int, policy: str, seed: int = 0) -> CacheC
     for step, batch in enumerate(batches):
         keys.extend(batch)
         steps.extend([step] * len(batch))
-    stream_view = SequenceLookahead(keys) if policy == "belady" else NO_LOOKAHEAD
+    stream_view = SequenceLookahead(keys) if policy in LOOKAHEAD_POLICIES else NO_LOOKAHEAD
     cache = ExpertCache(capacity, make_policy(policy, seed))
     start = 0
     for batch in batches:

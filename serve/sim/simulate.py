@@ -35,7 +35,9 @@ from serve.sim.cache_replay import AccessStream
 from serve.sim.cost_model import CostModel
 from serve.core.expert_cache import CacheConfig, CacheCounters, ExpertCache
 from serve.core.prefetch import check_mode, plan_prefetch, predict_next_experts
-from serve.core.lookahead import QueueLookahead
+from serve.core.cache_policies import EXPECTED, LOOKAHEAD_POLICIES
+from serve.core.lookahead import ExpectedLookahead, QueueLookahead
+from serve.core.next_use import NextUseConfig
 from serve.core.scheduler import Scheduler, SchedulerConfig
 from serve.core.types import Request, RequestSpec, RequestState, ServeError
 
@@ -69,6 +71,7 @@ class SimConfig:
     concurrency: int | None = None
     think_s: float = 0.0
     lookahead_continuing: bool = False
+    next_use: NextUseConfig | None = None  # belady-expected's forecast (None: NextUseConfig(), learned online)
 
     def __post_init__(self):
         check_mode(self.prefetch)
@@ -150,7 +153,10 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     slices = config.cache is not None and config.cache.unit == "slice"
     num_layers = cost.num_layers
     # The lookahead is needed only by Belady and by speculative prefetch.
-    wants_lookahead = cache is not None and (config.cache.policy == "belady" or config.prefetch == "next")
+    wants_lookahead = cache is not None and (config.cache.policy in LOOKAHEAD_POLICIES or config.prefetch == "next")
+    model = None
+    if cache is not None and config.cache.policy == EXPECTED:
+        model = (config.next_use or NextUseConfig()).model(num_experts)
     lookahead_items = config.cache.lookahead_items if config.cache is not None else None
     pipelined = config.prefetch != "none"
     continuing_mode = config.lookahead_continuing
@@ -198,7 +204,11 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
         if cache is not None:
             keys = [layer * num_experts + e for layer in range(num_layers) for e in experts] if slices else experts
             view = None
-            if wants_lookahead:
+            if model is not None:
+                model.observe(batch)
+                view = ExpectedLookahead(keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items,
+                                         batch, model)
+            elif wants_lookahead:
                 continuing = _continuing_experts(batch) if continuing_mode else ()
                 view = QueueLookahead(
                     keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items, continuing
