@@ -14,6 +14,8 @@ bench-cache (Table 4 style):
    ratio is what that policy would get serving the workload, with the simulator's own lookahead for Belady
    (``serve.core.lookahead.QueueLookahead``), which knows only the pending work and not the recorded future order.
 4. Report hit ratio and bytes moved per (capacity, policy).
+5. Memory-limited, with lru and belady-offline among the policies: the share of the LRU -> offline-optimum
+   gap each policy closes in the loop, (hit - LRU) / (offline - LRU), LRU taken in the loop.
 
 bench-sched:
 1. For every arrival rate, draw the workload (same seed) or take the trace, and simulate it under every
@@ -26,6 +28,7 @@ import dataclasses
 import math
 import time
 
+from serve.core.cache_policies import EXPECTED
 from serve.sim.cache_replay import replay
 from serve.core.expert_cache import CacheConfig
 from serve.core.metrics import summarize
@@ -33,7 +36,8 @@ from serve.core.scheduler import SchedulerConfig
 from serve.sim.simulate import SimConfig, simulate
 from serve.core.types import ServeError
 
-CACHE_COLUMNS = ("random", "fifo", "lru", "lfu", "belady", "belady-offline")
+CACHE_COLUMNS = ("random", "fifo", "lru", "lfu", "belady", "belady-offline")  # the default columns
+CACHE_POLICIES = CACHE_COLUMNS + (EXPECTED,)  # what --policies accepts; belady-expected runs in the loop only
 REGIMES = ("resident", "memory-limited")
 
 
@@ -50,18 +54,24 @@ def run_cache_bench(
     regime: str = "resident",
     concurrency: int | None = None,
     lookahead_continuing: bool = False,
+    next_use=None,
 ) -> dict:
     """Steps 1-4 of bench-cache; returns a JSON-serializable dict. ``concurrency``: closed-loop clients for
     every simulation (``SimConfig.concurrency``), None for open-loop arrivals. ``lookahead_continuing``: the
     in-loop lookahead's guess of the running batch's next tokens (``SimConfig.lookahead_continuing``), for every
-    simulation; the replays (step 2) are unaffected except through the recorded stream."""
+    simulation; the replays (step 2) are unaffected except through the recorded stream. ``next_use``: the
+    forecast of ``belady-expected`` (``SimConfig.next_use``). That policy needs the live requests, which a
+    recorded stream does not hold, so it has no replay column and is reported in the loop (step 3) only, with
+    the share of the LRU -> offline-optimum gap each in-loop policy closes (step 5)."""
     if regime not in REGIMES:
         raise ServeError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    if EXPECTED in policies and regime != "memory-limited":
+        raise ServeError(f"policy {EXPECTED} runs with the cache in the loop only: use --regime memory-limited")
     key_bytes = cost.slice_bytes * (1 if unit == "slice" else cost.num_layers)
 
     def sim_config(cache, record: bool = False) -> SimConfig:
         return SimConfig(scheduler, cost, cache, "layer", record_accesses=record, concurrency=concurrency,
-                         lookahead_continuing=lookahead_continuing)
+                         lookahead_continuing=lookahead_continuing, next_use=next_use)
 
     keys_per_expert = cost.num_layers if unit == "slice" else 1  # a slice access per layer
     record_s = 0.0
@@ -85,6 +95,8 @@ def run_cache_bench(
             "policies": {},
         }
         for column in policies:  # step 2
+            if column == EXPECTED:
+                continue
             policy = "belady" if column.startswith("belady") else column
             counters = replay(
                 run.stream,
@@ -109,6 +121,7 @@ def run_cache_bench(
                     loop_cache = dataclasses.replace(cache, policy=column)
                     counters = simulate(specs, num_experts, sim_config(loop_cache)).cache
                 row["closed_loop"][column] = counters.as_dict()
+            row["gap_closed"] = _gap_closed(row)
         rows.append(row)
     first = rows[0] if rows else {"iterations": 0, "accesses_per_iteration": math.nan}
     result = {
@@ -130,6 +143,17 @@ def run_cache_bench(
     return result
 
 
+def _gap_closed(row: dict) -> dict:
+    """Step 5: (hit ratio in the loop - LRU's in the loop) / (offline optimum - LRU's), per in-loop policy;
+    empty without the lru and belady-offline columns, nan when the optimum does not beat LRU."""
+    loop = row["closed_loop"]
+    if "lru" not in loop or "belady-offline" not in row["policies"]:
+        return {}
+    lru = loop["lru"]["hit_ratio"]
+    gap = row["policies"]["belady-offline"]["hit_ratio"] - lru
+    return {name: (c["hit_ratio"] - lru) / gap if gap > 0 else math.nan for name, c in loop.items() if name != "lru"}
+
+
 def run_sched_bench(
     workloads,
     num_experts: int,
@@ -140,6 +164,7 @@ def run_sched_bench(
     prefetch,
     concurrency=None,
     lookahead_continuing: bool = False,
+    next_use=None,
 ) -> dict:
     """bench-sched over ``workloads``: a list of (rate or None, specs) pairs. ``concurrency``: closed-loop
     clients (``SimConfig.concurrency``), None for open-loop arrivals. ``lookahead_continuing``:
@@ -154,6 +179,7 @@ def run_sched_bench(
                 prefetch,
                 concurrency=concurrency,
                 lookahead_continuing=lookahead_continuing,
+                next_use=next_use,
             )
             started, cpu_started = time.perf_counter(), time.process_time()
             result = simulate(specs, num_experts, config)
@@ -221,6 +247,18 @@ def format_cache_table(result: dict) -> str:
         for row in rows:
             cells = "".join(f"{100 * row['closed_loop'][c]['hit_ratio']:.2f}".rjust(width) for c in loop_columns)
             lines.append(str(row["capacity"]).ljust(10) + cells)
+        lines += ["", "bytes moved host->device (GB) with each policy serving in the loop",
+                  "capacity".ljust(10) + "".join(c.rjust(width) for c in loop_columns)]
+        for row in rows:
+            cells = "".join(f"{row['closed_loop'][c]['bytes_moved'] / 1e9:.1f}".rjust(width) for c in loop_columns)
+            lines.append(str(row["capacity"]).ljust(10) + cells)
+        gap_columns = list(rows[0].get("gap_closed", {})) if rows else []
+        if gap_columns:
+            lines += ["", "share of the LRU -> offline-optimum hit-ratio gap closed in the loop (%)",
+                      "capacity".ljust(10) + "".join(c.rjust(width) for c in gap_columns)]
+            for row in rows:
+                cells = "".join(f"{100 * row['gap_closed'][c]:.1f}".rjust(width) for c in gap_columns)
+                lines.append(str(row["capacity"]).ljust(10) + cells)
     lines.append("")
     lines.append(f"(recording simulations took {result['record_simulation_s']:.2f} s)")
     return "\n".join(lines)

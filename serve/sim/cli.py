@@ -12,7 +12,7 @@ import json
 import math
 import platform
 
-from serve.sim import bench
+from serve.sim import bench, cli_stats
 from serve.core.cache_policies import POLICY_NAMES
 from serve.sim.cli_workload import (
     DEFAULT_EXPERTS,
@@ -33,7 +33,7 @@ _WORKLOAD = WorkloadConfig()  # defaults of the synthetic workload
 
 
 def register(sub) -> None:
-    """Add ``bench-cache`` and ``bench-sched`` to the project's sub-parsers."""
+    """Add ``bench-cache``, ``bench-sched`` and ``transition-stats`` to the project's sub-parsers."""
     cache = sub.add_parser(
         "bench-cache",
         help="expert-cache hit ratios (Table 4 style) on a replayed access stream",
@@ -52,7 +52,8 @@ def register(sub) -> None:
     cache.add_argument(
         "--policies",
         default=",".join(bench.CACHE_COLUMNS),
-        help=f"comma-separated, from {', '.join(bench.CACHE_COLUMNS)}",
+        help=f"comma-separated, from {', '.join(bench.CACHE_POLICIES)} (default: all but {bench.EXPECTED}, which "
+        "runs in the loop only: --regime memory-limited)",
     )
     cache.add_argument("--unit", default="expert", choices=UNITS, help="capacity in whole experts or layer slices")
     cache.add_argument("--window", default="none", help="Belady lookahead in iterations, or none (all pre-gated work)")
@@ -65,6 +66,7 @@ def register(sub) -> None:
         "in the loop",
     )
     _add_lookahead_continuing(cache)
+    cli_stats.add_forecast_flags(cache)
     cache.set_defaults(func=_bench_cache)
 
     sched = sub.add_parser(
@@ -86,7 +88,9 @@ def register(sub) -> None:
     sched.add_argument("--prefetch", default="layer", choices=PREFETCH_MODES)
     sched.add_argument("--lookahead-items", default="1024", help="pending items Belady may scan, or none")
     _add_lookahead_continuing(sched)
+    cli_stats.add_forecast_flags(sched)
     sched.set_defaults(func=_bench_sched)
+    cli_stats.register(sub)
 
 
 def _add_lookahead_continuing(parser: argparse.ArgumentParser) -> None:
@@ -252,7 +256,7 @@ def _bench_cache(args) -> int:
     capacities = _int_list(args.capacities, "--capacities")
     for capacity in capacities:  # validates each capacity against E (and N for slices)
         CacheConfig(num_experts, cost.num_layers, capacity, args.unit)
-    policies = _names(args.policies, bench.CACHE_COLUMNS, "--policies")
+    policies = _names(args.policies, bench.CACHE_POLICIES, "--policies")
     window = _optional_int(args.window, "--window")
     if window is not None and window < 0:
         raise ServeError(f"--window {window} must be >= 0 or none")
@@ -270,9 +274,13 @@ def _bench_cache(args) -> int:
         args.regime,
         args.concurrency,
         args.lookahead_continuing,
+        cli_stats.next_use_from_args(args, num_experts),
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
-    return _finish(args, result, describe(description, args) + "\n" + bench.format_cache_table(result), plot_cache)
+    header = describe(description, args)
+    if bench.EXPECTED in policies:
+        header += "\n" + cli_stats.describe_forecast(args)
+    return _finish(args, result, header + "\n" + bench.format_cache_table(result), plot_cache)
 
 
 def _bench_sched(args) -> int:
@@ -309,6 +317,10 @@ def _bench_sched(args) -> int:
         args.prefetch,
         args.concurrency,
         args.lookahead_continuing,
+        cli_stats.next_use_from_args(args, num_experts),
     )
     result.update(workload=description, cost=dataclasses.asdict(cost), num_experts=num_experts, env=_environment())
-    return _finish(args, result, describe(description, args) + "\n" + bench.format_sched_table(result), plot_sched)
+    header = describe(description, args)
+    if cache is not None and cache.policy == bench.EXPECTED:
+        header += "\n" + cli_stats.describe_forecast(args)
+    return _finish(args, result, header + "\n" + bench.format_sched_table(result), plot_sched)
