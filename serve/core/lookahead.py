@@ -8,8 +8,8 @@ import bisect
 import itertools
 import math
 
-from serve.core.batching import ContinuingItem
 from serve.core.next_use import expected_first_use
+from serve.core.rollout import expert_aware_rollout
 from serve.core.types import RequestState
 
 
@@ -72,19 +72,27 @@ class QueueLookahead:
         return first
 
 
+ROLLOUT_STEPS = 4  # iterations of expert-aware batching that ExpectedLookahead plays forward
+
+
 class ExpectedLookahead(QueueLookahead):
     """The view of policy ``belady-expected``: Belady's known future plus forecast next tokens.
 
-    Time is counted in iterations from now: the running batch is at 0 (a slice of layer l at l / N), the i-th
-    projected batch of the pending work at i (the service order cut where the token budget or the sequence cap
-    is full, as ``take_until_full`` cuts it). ``next_step(key)`` is the projected time of the key's first pending
-    use (``inf`` when none). The live requests are the forecast's anchors: a running request at 0 on its current
-    token's expert (unless it reaches max_new_tokens now), a pending one at its projected batch on its pending
-    token's expert (a prefill: its last prompt token's). From an anchor at t0 on expert c, its k-th next token
-    is assumed to run at t0 + k * period, where period = live requests / mean items per batch, the mean time
-    between two tokens of one request. ``expected_next_use(key)`` combines the known use with those forecasts
-    (``serve.core.next_use``, steps 2-3); anchors on one expert at one time are grouped, so the cost grows with
-    experts and projected batches, not with requests.
+    Time is counted in iterations from now: the running batch is at 0 (a slice of layer l at l / N), the
+    projected batches of the pending work at 1, 2, ... ``next_use(key)`` stays Belady's position in the service
+    order (the tie-break); ``next_step(key)`` is the projected batch of the key's first real pending use
+    (``inf`` when none). Projected batches come from ``serve.core.rollout`` under expert-aware batching (a few
+    iterations played forward on expected queue sizes, as the running requests refill them), and otherwise from
+    the service order cut where the token budget or the sequence cap is full (``take_until_full``'s rule).
+
+    The live requests are the forecast's anchors: a running request at 0 on its current token's expert (unless
+    it reaches max_new_tokens now), a pending one at its projected batch on its pending token's expert (a
+    prefill: its last prompt token's). From an anchor at t0, its next token on expert x is assumed to run at the
+    first projected service of x's queue after t0 (t0 + period if none), and each later token one period after
+    that; period = live requests / mean items per batch, the mean time between two tokens of one request.
+    ``expected_next_use(key)`` combines the known use with those forecasts (``serve.core.next_use``, steps
+    2-3). Anchors on one expert at one time are grouped, so the cost grows with experts and projected batches,
+    not with requests.
     """
 
     def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items, batch, model):
@@ -141,50 +149,63 @@ class ExpectedLookahead(QueueLookahead):
 
     def _scan(self) -> dict:
         """One walk over the service order: Belady's positions (first rank of each expert's real pending work),
-        the projected batches, and the anchors."""
+        then the projected time of each expert's first use and of each queue's services, and the anchors."""
         first = {}
         groups = {}
-        likely = self._model.forecast.likely
-        guesses = []
+        running = {}
         for request in self._batch.requests:
             if request.generated + 1 < request.spec.max_new_tokens:  # the client's limit, not the trace's end
                 current = _current_expert(request)
-                guesses.append(likely[current])
+                running[current] = running.get(current, 0) + 1
                 groups[(current, 0)] = groups.get((current, 0), 0) + 1
-        # The likeliest next token of each running request takes its place in the order (as with
-        # lookahead_continuing), so that the projected batches follow the queues the running requests refill.
-        limits = self._scheduler.config
-        budget, slots = limits.max_batch_tokens, limits.slot_limit
-        step = {}
-        served = [[] for _ in range(self._num_experts)]
-        projected, tokens, items = 1, 0, 0
-        order = self._scheduler.service_order(guesses)
-        for rank, request in enumerate(itertools.islice(order, self._max_items)):
-            if tokens + request.work_tokens > budget or items >= slots:  # take_until_full's cut, batch by batch
-                projected += 1
-                tokens = items = 0
-            tokens += request.work_tokens
-            items += 1
-            runs = served[request.queue_expert]
-            if not runs or runs[-1] != projected:
-                runs.append(projected)
-            if type(request) is ContinuingItem:
-                continue  # a forecast, not known work
+        pending = []
+        for rank, request in enumerate(itertools.islice(self._scheduler.service_order(), self._max_items)):
             for expert in request.work_experts:
                 if expert not in first:
                     first[expert] = rank
-                    step[expert] = projected
             # A decode's anchor is its token's expert (its queue); a prefill's, its last prompt token's expert
             # (a one-token prompt's queue is that expert too).
             current = request.queue_expert if request.work_tokens == 1 else request.spec.prompt_experts[-1]
-            anchor = (current, projected)
-            groups[anchor] = groups.get(anchor, 0) + 1
+            pending.append((request.queue_expert, request.work_tokens, current, request.work_experts))
+        limits = self._scheduler.config
+        forecast = self._model.forecast
+        if limits.policy == "expert-aware":
+            step, served, anchors = expert_aware_rollout(
+                pending, running, forecast.matrix, forecast.go, limits.max_batch_tokens, limits.slot_limit,
+                ROLLOUT_STEPS,
+            )
+            end = max((runs[-1] for runs in served if runs), default=0) + 1
+        else:
+            step, served, anchors, end = _cut_batches(pending, limits.max_batch_tokens, limits.slot_limit,
+                                                      self._num_experts)
+        for anchor, count in anchors.items():
+            groups[anchor] = groups.get(anchor, 0) + count
         self._step = step
         self._served = served
         self._groups = groups
-        self._end = projected + 1
-        self._far = self._end + (self._model.tokens_ahead + 1) * self._period
+        self._end = end
+        self._far = end + (self._model.tokens_ahead + 1) * self._period
         return first
+
+
+def _cut_batches(pending, budget: int, slots: int, num_experts: int):
+    """The service order cut into projected batches 1, 2, ... (``take_until_full``'s rule, batch after batch):
+    first step per expert, the steps at which each queue runs, anchors, and the step after the last."""
+    step, anchors = {}, {}
+    served = [[] for _ in range(num_experts)]
+    projected, tokens, items = 1, 0, 0
+    for queue, size, anchor, experts in pending:
+        if tokens + size > budget or items >= slots:
+            projected += 1
+            tokens = items = 0
+        tokens += size
+        items += 1
+        if not served[queue] or served[queue][-1] != projected:
+            served[queue].append(projected)
+        for expert in experts:
+            step.setdefault(expert, projected)
+        anchors[(anchor, projected)] = anchors.get((anchor, projected), 0) + 1
+    return step, served, anchors, projected + 1
 
 
 def _current_expert(request) -> int:

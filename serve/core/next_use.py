@@ -174,6 +174,8 @@ class Forecast:
                 first[x] = step
                 seen[x] = [s + f for s, f in zip(seen[x], step)]
         self.hazard = hazard
+        self.matrix = p
+        self.go = go
         # log(1 - q): survivals multiply, so the lookahead adds these (0.0 where q is 0; q < 1 by smoothing).
         self.log_miss = [[[math.log1p(-q) if q else 0.0 for q in row] for row in per_c] for per_c in hazard]
         self.likely = [max(experts, key=lambda x: (p[c][x], -x)) for c in experts]  # likeliest next expert

@@ -200,3 +200,28 @@ def test_cli_estimates_on_one_slice_and_replays_another(capsys, tmp_path):
     sched = ["bench-sched", "--no-plot", "--rates", "4", "--requests", "20", "--cache-capacity", "2",
              "--cache-policy", EXPECTED, "--policies", "expert-aware"]
     assert main(sched) == 0 and "belady-expected: statistics learned online" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("budget, cap", [(256, 4), (40, None), (64, 3)])
+def test_rollout_without_continuation_is_the_schedulers_own_batching(seed, budget, cap):
+    """With no request continuing (go = 0), the rollout plays Algorithm 1 exactly: every expert's first
+    projected batch is the one the real scheduler serves it in, when nothing new arrives."""
+    from serve.core.rollout import expert_aware_rollout
+    from serve.core.scheduler import Scheduler
+    from serve.core.types import Request
+
+    config = WorkloadConfig(num_requests=12, num_experts=E, prompt_mean=10.0, prompt_max=30, seed=seed)
+    scheduler = Scheduler(SchedulerConfig("expert-aware", budget, None, cap), E)
+    for index, spec in enumerate(synthetic_workload(config)):
+        scheduler.submit(Request(spec, index), 0)
+    pending = [(r.queue_expert, r.work_tokens, r.spec.prompt_experts[-1], r.work_experts)
+               for r in scheduler.service_order()]
+    identity = [[1.0 if a == b else 0.0 for b in range(E)] for a in range(E)]
+    known, served, _ = expert_aware_rollout(pending, {}, identity, 0.0, budget, scheduler.config.slot_limit, 50)
+    first = {}
+    for iteration in range(1, 51):
+        for request in scheduler.next_batch(iteration).requests:
+            for expert in request.work_experts:
+                first.setdefault(expert, iteration)
+    assert known == first
