@@ -280,6 +280,7 @@ def _bench_cache(args) -> int:
     header = describe(description, args)
     if bench.EXPECTED in policies:
         header += "\n" + cli_stats.describe_forecast(args)
+        result["forecast"] = cli_stats.forecast_json(args)
     return _finish(args, result, header + "\n" + bench.format_cache_table(result), plot_cache)
 
 
@@ -323,4 +324,5 @@ def _bench_sched(args) -> int:
     header = describe(description, args)
     if cache is not None and cache.policy == bench.EXPECTED:
         header += "\n" + cli_stats.describe_forecast(args)
+        result["forecast"] = cli_stats.forecast_json(args)
     return _finish(args, result, header + "\n" + bench.format_sched_table(result), plot_sched)

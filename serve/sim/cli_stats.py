@@ -59,6 +59,14 @@ def describe_forecast(args) -> str:
     return f"belady-expected: statistics {args.transition_stats}{online}, {args.forecast_tokens} tokens ahead"
 
 
+def forecast_json(args) -> dict:
+    return {
+        "transition_stats": args.transition_stats,
+        "learn_online": args.transition_stats is None or args.learn_online,
+        "forecast_tokens": args.forecast_tokens,
+    }
+
+
 def _transition_stats(args) -> int:
     stats, source = stats_from_trace(args.trace, args.skip, args.requests)
     path = write_stats(args.out, stats, source)

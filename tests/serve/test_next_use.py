@@ -194,9 +194,14 @@ def test_cli_estimates_on_one_slice_and_replays_another(capsys, tmp_path):
     assert main([*argv, "--transition-stats", str(stats_path)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert EXPECTED in result["rows"][0]["gap_closed"]
+    assert result["forecast"] == {"transition_stats": str(stats_path), "learn_online": False, "forecast_tokens": 2}
     write_stats(stats_path, TransitionStats(3, ((0, 0, 0),) * 3))
     assert main([*argv, "--transition-stats", str(stats_path)]) == 2
     assert "s.json are for 3 experts, but the workload has 4" in capsys.readouterr().err
+    stats_path.write_text("{not json")
+    assert main([*argv, "--transition-stats", str(stats_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: transition statistics") and "s.json: not JSON" in err
     sched = ["bench-sched", "--no-plot", "--rates", "4", "--requests", "20", "--cache-capacity", "2",
              "--cache-policy", EXPECTED, "--policies", "expert-aware"]
     assert main(sched) == 0 and "belady-expected: statistics learned online" in capsys.readouterr().out
