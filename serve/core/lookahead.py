@@ -72,6 +72,8 @@ class QueueLookahead:
         return first
 
 
+WALK_ITEMS = 256  # pending items always walked; beyond them only until every pending expert has been seen
+OVERDUE_ITEMS = 8  # this many items overdue within the rollout's steps make the rollout give way (see _scan)
 ROLLOUT_STEPS = 4  # iterations of expert-aware batching that ExpectedLookahead plays forward
 
 
@@ -159,17 +161,28 @@ class ExpectedLookahead(QueueLookahead):
                 running[current] = running.get(current, 0) + 1
                 groups[(current, 0)] = groups.get((current, 0), 0) + 1
         pending = []
+        wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
+        limits = self._scheduler.config
+        # The rollout ignores the starvation bound, so it is used only while no pending item becomes overdue
+        # within its steps; otherwise the service order (which puts overdue items first) is cut instead.
+        rollout = limits.policy == "expert-aware"
+        bound = limits.max_wait_iterations
+        overdue_from = -1 if bound is None else self._batch.iteration + ROLLOUT_STEPS - bound
+        overdue = 0
         for rank, request in enumerate(itertools.islice(self._scheduler.service_order(), self._max_items)):
+            if rank >= WALK_ITEMS and len(first) == wanted:
+                break  # a long backlog: the rest runs after every expert's first use, beyond the rollout
             for expert in request.work_experts:
                 if expert not in first:
                     first[expert] = rank
             # A decode's anchor is its token's expert (its queue); a prefill's, its last prompt token's expert
             # (a one-token prompt's queue is that expert too).
             current = request.queue_expert if request.work_tokens == 1 else request.spec.prompt_experts[-1]
+            if request.ready_iteration <= overdue_from:
+                overdue += 1
             pending.append((request.queue_expert, request.work_tokens, current, request.work_experts))
-        limits = self._scheduler.config
         forecast = self._model.forecast
-        if limits.policy == "expert-aware":
+        if rollout and overdue < min(limits.slot_limit, OVERDUE_ITEMS):
             step, served, anchors = expert_aware_rollout(
                 pending, running, forecast.matrix, forecast.go, limits.max_batch_tokens, limits.slot_limit,
                 ROLLOUT_STEPS,
