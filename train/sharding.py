@@ -205,6 +205,42 @@ def shard_state(state, mesh: Mesh):
     return jax.device_put(state, state_shardings(state, mesh))
 
 
+def host_to_global(array, sharding: NamedSharding) -> jax.Array:
+    """A global ``jax.Array`` from a host value that every process holds in full (the same on each).
+
+    Each process copies only the shards of its own devices, so this works on any number of processes (jit
+    refuses a bare numpy input with a non-replicated sharding once the mesh spans several processes).
+    """
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def to_host(tree):
+    """A numpy copy of every leaf, on every process. A leaf sharded over other processes' devices is
+    all-gathered, which is a collective: in a multi-process job every process must call this together."""
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
+
+
+def is_primary() -> bool:
+    """Whether this process writes the job's files (metrics, plots, exports): process 0 of the job."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the job reaches ``name`` (a no-op in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

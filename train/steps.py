@@ -109,10 +109,13 @@ def teacher_targets(spec: StepSpec, backbone_gd, teacher_params, ones_masks, tok
     return jax.lax.stop_gradient(scores_ZBLE), jnp.argmax(overlap_BLE, axis=-1).astype(jnp.int32)
 
 
-def make_teacher_fn(spec: StepSpec, backbone_gd):
-    """Jitted ``teacher_targets`` over one micro-batch (the router stage caches its outputs per block)."""
+def make_teacher_fn(spec: StepSpec, backbone_gd, out_sharding=None):
+    """Jitted ``teacher_targets`` over one micro-batch (the router stage caches its outputs per block).
+
+    ``out_sharding`` (replicated, in a multi-process run) lets every process read the targets it caches.
+    """
     return jax.jit(lambda params, ones, tokens_BL, masks_NEF, permanent_NF: teacher_targets(
-        spec, backbone_gd, params, ones, tokens_BL, masks_NEF, permanent_NF))
+        spec, backbone_gd, params, ones, tokens_BL, masks_NEF, permanent_NF), out_shardings=out_sharding)
 
 
 def distill_loss(spec: StepSpec, logits_BLE, scores_ZBLE, valid_BL):
