@@ -1,9 +1,9 @@
 """One process of a multi-process training job on this machine, for tests/train/test_multiprocess.py.
 
-Usage: ``python -m tests.train.dist_child WORKDIR MOE_FOLDER MESH [STOP_AFTER]`` with JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or none of them: a plain one-process run). STOP_AFTER ends the run
-with a checkpoint after that many global steps; READMEJAX_TEST_STEP_SLEEP slows every step so the parent
-can kill a process mid-run.
+Usage: ``python -m tests.train.dist_child WORKDIR MOE_FOLDER STOP_AFTER [KEY=VALUE ...]`` with
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or none of them: a plain one-process run).
+The run is the tiny preset with the KEY=VALUE overrides; STOP_AFTER > 0 ends it with a checkpoint after that
+many global steps. READMEJAX_TEST_STEP_SLEEP slows every step so the parent can kill a process mid-run.
 """
 
 import os
@@ -18,7 +18,7 @@ from train.config import make_config  # noqa: E402
 from train.run import train  # noqa: E402
 
 
-def main(workdir: str, moe: str, mesh: str, stop_after: str = "") -> None:
+def main(workdir: str, moe: str, stop_after: str, *overrides: str) -> None:
     sharding.maybe_initialize_distributed()
     delay = float(os.environ.get("READMEJAX_TEST_STEP_SLEEP", "0"))
     if delay:
@@ -30,8 +30,8 @@ def main(workdir: str, moe: str, mesh: str, stop_after: str = "") -> None:
             return out
 
         loop.Trainer._step = slow_step
-    cfg = make_config("tiny", [f"mesh={mesh}", "save_every=1"])
-    train(cfg, workdir, moe, progress=False, domains=fixture_source(), stop_after=int(stop_after) if stop_after else None)
+    cfg = make_config("tiny", overrides)
+    train(cfg, workdir, moe, progress=False, domains=fixture_source(), stop_after=int(stop_after) or None)
 
 
 if __name__ == "__main__":
