@@ -18,13 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
-from train import sharding, steps
+from train import programs, sharding, steps
 from train.checkpoint import Checkpointer
 from train.config import TrainConfig
 
@@ -103,10 +101,7 @@ class Trainer:
         self.mesh = make_train_mesh(cfg)
         sharding.check_batch(cfg.micro_batch, self.mesh)
         self.rep = sharding.replicated(self.mesh)
-        # [A, b, L]: the micro-batch axis b is the data-parallel one; the accumulation axis A is scanned.
-        lead = sharding.batch_sharding(self.mesh, 1).spec[0]
-        self.batch_sh = NamedSharding(self.mesh, P(None, lead, None))
-        self.scores_sh = NamedSharding(self.mesh, P(None, None, lead, None, None))  # [A, Z, b, L, E]
+        self.batch_sh, self.scores_sh = programs.batch_shardings(self.mesh)
         self.params = sharding.shard_state(setup.params, self.mesh)
         self.masks = sharding.shard_state(setup.masks, self.mesh)
         self.ones_masks = jax.tree.map(jnp.ones_like, self.masks)  # all neurons: the backbone run dense
@@ -120,7 +115,7 @@ class Trainer:
         self.permanent_NF = jax.device_put(permanent_NF, self.rep)
         k = int(masks_NEF[0, 0].sum())
         self.spec = steps.StepSpec(cfg.distill, cfg.kl_tau, cfg.kl_direction, k, masks_NEF.shape[0],
-                                   int(k - permanent_NF[0].sum()), cfg.compute_dtype)
+                                   int(k - permanent_NF[0].sum()), cfg.compute_dtype, cfg.remat)
         self._targets: dict[int, tuple] = {}  # block index -> teacher (scores_ZLE, label_L), while the teacher holds
         self.ckpt = Checkpointer(setup.out_dir / "ckpt", save_every=cfg.save_every, max_to_keep=cfg.max_to_keep)
         self.metrics_path = setup.out_dir / "metrics.jsonl"
@@ -128,16 +123,6 @@ class Trainer:
         self._steps = {}
 
     # -- compiled steps, one per stage (and per trainable split) --------------------------------------------
-    def _tx(self, params):
-        return steps.make_optimizer(self.cfg.weight_decay, self.cfg.grad_clip, params)
-
-    def _opt_shardings(self, tx, params, params_sh):
-        import optax
-
-        abstract = jax.eval_shape(tx.init, params)
-        return optax.tree_map_params(tx, lambda _, s: s, abstract, params_sh,
-                                     transform_non_params=lambda _: self.rep)
-
     def _cached(self, stage, build):
         # Compiled steps are shared by Trainers with the same static facts (tests, resumed runs in one process).
         key = (stage, self.spec, self.s.router_gd, self.s.backbone_gd, self.cfg.weight_decay, self.cfg.grad_clip,
@@ -152,12 +137,7 @@ class Trainer:
         return self._steps["router"]
 
     def _build_router_step(self):
-        tx = self._tx(self.router_params)
-        r_sh = sharding.state_shardings(self.router_params, self.mesh)
-        o_sh = self._opt_shardings(tx, self.router_params, r_sh)
-        ins = (r_sh, o_sh, self.batch_sh, self.batch_sh, self.scores_sh, self.batch_sh, self.rep)
-        fn = steps.make_router_step(self.spec, self.s.router_gd, tx, (ins, (r_sh, o_sh, self.rep)))
-        return tx, fn, jax.jit(tx.init, out_shardings=o_sh)
+        return programs.router_step(self.cfg, self.spec, self.s.router_gd, self.router_params, self.mesh)[:3]
 
     def _teacher_fn(self):
         if "teacher" not in self._steps:
@@ -181,14 +161,8 @@ class Trainer:
         scores_ZBLE = np.stack([self._targets[i][0] for i in idx_B.tolist()], axis=1)
         return scores_ZBLE, np.stack([self._targets[i][1] for i in idx_B.tolist()])
 
-    def _trainable_filter(self):
-        if self.cfg.expert_params == "all":
-            return nnx.Param
-        return lambda path, _: any(str(p) in steps.MLP_NAMES for p in path)
-
     def _split(self, params):
-        trainable, frozen = nnx.split_state(params, self._trainable_filter(), ...)
-        return trainable, frozen
+        return programs.split_trainable(self.cfg, params)
 
     def _expert_step(self):
         if "expert" not in self._steps:
@@ -196,17 +170,8 @@ class Trainer:
         return self._steps["expert"]
 
     def _build_expert_step(self):
-        trainable, frozen = self._split(self.params)
-        tx = self._tx(trainable)
-        t_sh = sharding.state_shardings(trainable, self.mesh)
-        f_sh = sharding.state_shardings(frozen, self.mesh)
-        o_sh = self._opt_shardings(tx, trainable, t_sh)
-        m_sh = sharding.state_shardings(self.masks, self.mesh)
-        r_sh = sharding.state_shardings(self.router_params, self.mesh)
-        ins = (t_sh, o_sh, f_sh, m_sh, r_sh, self.batch_sh, self.batch_sh, self.rep)
-        fn = steps.make_expert_step(self.spec, self.s.router_gd, self.s.backbone_gd, tx,
-                                    (ins, (t_sh, o_sh, self.rep)))
-        return tx, fn, jax.jit(tx.init, out_shardings=o_sh)
+        return programs.expert_step(self.cfg, self.spec, self.s.router_gd, self.s.backbone_gd, self.params,
+                                    self.masks, self.router_params, self.mesh)[:3]
 
     def _fresh_opt(self, stage):
         if stage == "router":
