@@ -49,7 +49,16 @@ def make_train_mesh(cfg: TrainConfig):
     devices = jax.devices()
     if cfg.devices > len(devices):
         raise ReadmeJaxError(f"devices={cfg.devices} but only {len(devices)} are visible")
-    return sharding.make_mesh(cfg.mesh, devices[:cfg.devices] if cfg.devices else None)
+    procs = jax.process_count()
+    where = f"{procs} processes x {jax.local_device_count()} local devices = {len(devices)} devices"
+    if procs > 1 and cfg.devices not in (0, len(devices)):
+        # A subset would leave some processes without a shard of anything (or with unequal shares).
+        raise ReadmeJaxError(f"devices={cfg.devices}: a multi-process job ({where}) must put all its devices in "
+                             "the mesh; use devices=0")
+    try:
+        return sharding.make_mesh(cfg.mesh, devices[:cfg.devices] if cfg.devices else None)
+    except ReadmeJaxError as e:
+        raise ReadmeJaxError(f"{e} ({where})" if procs > 1 else str(e)) from None
 
 
 def schedule(cfg: TrainConfig) -> list[tuple[int, str, int]]:

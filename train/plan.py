@@ -167,3 +167,16 @@ def plan_devices(n: int):
         raise ReadmeJaxError(f"plan needs {n} devices to compile for, this process has {len(cpus)} CPU devices "
                              f"(set XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting it)")
     return cpus[:n]
+
+
+HEADER = (f"{'mesh':<24}{'remat':>6}{'params':>8}{'teacher':>8}{'opt r/e':>12}{'router':>8}{'t.fwd':>8}"
+          f"{'expert':>8}{'peak r/e':>14}  fits")
+
+
+def format_row(row: PlanRow, limit: float) -> str:
+    """One line of the plan's table (GB per device; ``router``, ``t.fwd``, ``expert``: the programs' extra)."""
+    g = lambda x: f"{x / GB:.1f}"  # noqa: E731
+    return (f"{row.mesh:<24}{'on' if row.remat else 'off':>6}{g(row.params):>8}{g(row.teacher):>8}"
+            f"{g(row.opt_router) + '/' + g(row.opt_expert):>12}{g(row.router_step):>8}{g(row.teacher_fwd):>8}"
+            f"{g(row.expert_step):>8}{g(row.router_peak) + '/' + g(row.expert_peak):>14}  "
+            f"{'yes' if row.peak <= limit else 'no'}")

@@ -299,6 +299,41 @@ def _distributed_kwargs(environ) -> dict | None:
     return None
 
 
+_TIMEOUT_ENV = "READMEJAX_INIT_TIMEOUT"  # seconds to wait for the coordinator and the other processes
+
+
+def _init_timeout(environ) -> int:
+    text = environ.get(_TIMEOUT_ENV, "300").strip()
+    try:
+        timeout = int(text)
+    except ValueError:
+        raise ReadmeJaxError(f"environment variable {_TIMEOUT_ENV}={text!r} is not an integer (seconds)") from None
+    if timeout <= 0:
+        raise ReadmeJaxError(f"environment variable {_TIMEOUT_ENV}={timeout} must be a positive number of seconds")
+    return timeout
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection; a ReadmeJaxError after ``timeout`` seconds."""
+    import socket
+    import time
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ReadmeJaxError(f"JAX_COORDINATOR_ADDRESS={address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ReadmeJaxError(f"the coordinator {address} (process 0 of the job) did not answer within "
+                                     f"{timeout:g} s ({e}); start process 0 first, check the address and the "
+                                     f"firewall, or raise {_TIMEOUT_ENV}") from None
+            time.sleep(0.2)
+
+
 def maybe_initialize_distributed(environ=None) -> bool:
     """Join the multi-process job when launched as one (see the signals above); no-op otherwise.
 
@@ -307,13 +342,29 @@ def maybe_initialize_distributed(environ=None) -> bool:
     """
     if jax.distributed.is_initialized():
         return True
-    kwargs = _distributed_kwargs(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    kwargs = _distributed_kwargs(environ)
     if kwargs is None:
         return False
+    timeout = _init_timeout(environ)
+    address = environ.get("JAX_COORDINATOR_ADDRESS", "").strip()
+    if address and kwargs.get("process_id", 0) != 0:
+        # jax aborts the whole process (a C++ fatal error, no exception) when the coordinator never answers;
+        # find that out first, within the same time bound, and say so.
+        try:
+            wait_for_coordinator(address, timeout)
+        except ReadmeJaxError as e:
+            raise ReadmeJaxError(f"cannot join the multi-process job: {e}") from None
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
     except (RuntimeError, ValueError) as e:
         # RuntimeError: an earlier JAX call already started the backend; ValueError: a coordinator address
         # without a process count/id that jax could detect (set JAX_NUM_PROCESSES and JAX_PROCESS_ID).
         raise ReadmeJaxError(f"cannot join the multi-process job: {e}") from None
     return True
+
+
+def print_topology() -> None:
+    """One line at the start of a run: which process this is, of how many, over how many devices."""
+    print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
+          f"{jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)

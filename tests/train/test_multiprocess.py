@@ -118,3 +118,18 @@ def test_two_processes_train_like_one_and_share_checkpoints(tmp_path, moe_folder
                                                                                    form="masked")
     for x, y in zip(jax.tree.leaves((a.state, a.router_state)), jax.tree.leaves((b.state, b.router_state))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_mesh_the_processes_cannot_fill_is_refused(monkeypatch):
+    """With several processes the mesh must cover every process's devices: a subset, or sizes whose product is
+    not the job's device count, fail with the process layout in the message."""
+    from readme_jax.errors import ReadmeJaxError
+    from train.loop import make_train_mesh
+
+    n = len(jax.devices())
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "local_device_count", lambda: n // 2)
+    with pytest.raises(ReadmeJaxError, match=f"devices=2: a multi-process job \\(2 processes x {n // 2} local"):
+        make_train_mesh(make_config("tiny", ["devices=2", "mesh=data=2"]))
+    with pytest.raises(ReadmeJaxError, match=f"do not match the {n} devices \\(2 processes x {n // 2} local"):
+        make_train_mesh(make_config("tiny", [f"mesh=data={n + 1}"]))
