@@ -58,6 +58,29 @@ class SafetensorsFolder:
         return np.asarray(array, dtype=np.float32) if array.dtype != np.float32 else array
 
 
+    def slice_reader(self, name: str) -> "TensorSlices":
+        """Lazy access to one tensor: its shape, and reads of blocks of it (only those bytes are read)."""
+        if name not in self.where:
+            raise ReadmeJaxError(f"checkpoint is missing tensor {name!r}")
+        try:
+            return TensorSlices(name, self._handles[self.where[name]].get_slice(name))
+        except Exception as exc:
+            raise ReadmeJaxError(f"{self.folder}: cannot read tensor {name!r} ({exc})") from None
+
+
+class TensorSlices:
+    def __init__(self, name: str, handle):
+        self.name, self._handle = name, handle
+        self.shape = tuple(handle.get_shape())
+
+    def read(self, index: tuple) -> np.ndarray:
+        """The block ``index`` (a tuple of contiguous slices) in the file's dtype."""
+        try:
+            return np.asarray(self._handle[index])
+        except Exception as exc:
+            raise ReadmeJaxError(f"cannot read {index} of tensor {self.name!r} ({exc})") from None
+
+
 def is_hf_folder(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 

@@ -17,9 +17,12 @@ MLP and head, and the same KV cache (``init_cache``).
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from readme_jax import layers
 from readme_jax.config import LlamaConfig
+
+REMAT_SAVED = "block_output"  # the one activation per block that per-block rematerialisation keeps
 
 # Logical sharding axes of every parameter, by attribute name (used by the training mesh rules).
 LOGICAL_AXES = {
@@ -152,6 +155,9 @@ class Decoder(nnx.Module):
         for n, block in enumerate(self.blocks):
             kv = None if cache is None else cache[n]
             x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route, probe)
+            # Named so a rematerialising training step can keep only the residual stream between blocks
+            # (``REMAT_SAVED``); a no-op everywhere else.
+            x_BLD = checkpoint_name(x_BLD, REMAT_SAVED)
             new_cache.append(kv)
         x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
         return x_BLD, (None if cache is None else tuple(new_cache))

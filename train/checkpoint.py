@@ -124,7 +124,13 @@ class Checkpointer:
             raise ReadmeJaxError(f"checkpoint meta for step {step} is not JSON-serializable: {e}") from e
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self._cleaned_tmp:
-            self._remove_stale_temporaries()
+            # Multi-process: process 0 cleans up, and nobody starts writing before it is done.
+            if jax.process_index() == 0:
+                self._remove_stale_temporaries()
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices(f"readme-jax checkpoint cleanup {self.directory}")
             self._cleaned_tmp = True
         if step in self._manager.all_steps() or step in self._finalized_steps():
             return False

@@ -15,6 +15,22 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
 
+    from train.plan import DEFAULT_MESHES, PAPER_EXPERTS
+
+    q = sub.add_parser("plan", help="compile a preset's training steps for N (fake) devices and print the "
+                                    "per-device memory of each mesh shape, with and without remat")
+    q.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    q.add_argument("--model", default="llama-2-7b",
+                   help="backbone shapes: llama-2-7b (built in) or an HF folder (only its config.json is read)")
+    q.add_argument("--experts", type=int, default=PAPER_EXPERTS, help="experts per layer (half the neurons each)")
+    q.add_argument("--mesh", nargs="+", default=list(DEFAULT_MESHES), help="mesh shapes to compile for")
+    q.add_argument("--remat", nargs="+", default=["off", "on"], choices=["off", "on"])
+    q.add_argument("--devices", type=int, default=8, help="devices to compile for (fake CPU devices)")
+    q.add_argument("--device-gb", type=float, default=80.0, help="memory of one device, GB (1e9 bytes)")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    q.set_defaults(func=run_plan)
+
 
 def run(args) -> int:
     import json
@@ -25,6 +41,7 @@ def run(args) -> int:
 
     cfg = make_config(args.preset, args.overrides)  # bad presets / keys fail before anything loads
     sharding.maybe_initialize_distributed()
+    sharding.print_topology()
     summary = train(cfg, args.workdir, args.moe, fresh=args.fresh, stop_after=args.stop_after,
                     progress=not args.json)
     if args.json:
@@ -47,3 +64,48 @@ def run(args) -> int:
 
 def _fmt(x):
     return "n/a" if x is None else f"{x:,.0f}"
+
+
+def run_plan(args) -> int:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from readme_jax.config import load_hf_config
+    from readme_jax.errors import ReadmeJaxError
+    from train import plan
+    from train.config import make_config
+
+    devices = plan.plan_devices(args.devices)  # first: fake CPU devices exist only if asked for before JAX starts
+    cfg = make_config(args.preset, args.overrides)
+    if args.model == "llama-2-7b":
+        dense = plan.LLAMA2_7B
+    elif (Path(args.model) / "config.json").is_file():
+        dense = load_hf_config(Path(args.model) / "config.json")
+    else:
+        raise ReadmeJaxError(f"--model {args.model!r}: neither llama-2-7b nor a folder with a config.json")
+    limit = args.device_gb * plan.GB
+    if not args.json:
+        print(f"{args.preset} preset, {dense.name} shapes ({dense.n_layers} layers, d_model {dense.d_model}), "
+              f"{args.experts} experts, micro-batch {cfg.micro_batch} x {cfg.seq_len} tokens, "
+              f"{cfg.compute_dtype} compute, {len(devices)} devices; GB per device:")
+        print(plan.HEADER)
+    fits = []
+    for remat in args.remat:
+        for mesh in args.mesh:
+            row = plan.plan_row(cfg.replace(remat=remat == "on"), dense, args.experts, mesh, devices)
+            if row.peak <= limit:
+                fits.append(row)
+            if args.json:
+                print(json.dumps({**dataclasses.asdict(row), "router_peak": row.router_peak,
+                                  "expert_peak": row.expert_peak, "fits": row.peak <= limit}), flush=True)
+            else:
+                print(plan.format_row(row, limit), flush=True)
+    if not args.json:
+        if fits:
+            best = min(fits, key=lambda r: r.peak)
+            print(f"fits {args.device_gb:g} GB per device: {len(fits)} of {len(args.mesh) * len(args.remat)}; "
+                  f"lowest peak {best.peak / plan.GB:.1f} GB with mesh={best.mesh} remat={best.remat}")
+        else:
+            print(f"no configuration fits {args.device_gb:g} GB per device (see docs/training.md)")
+    return 0

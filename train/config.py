@@ -40,6 +40,7 @@ class TrainConfig:
     teacher: str = "dense"
     expert_params: str = "all"
     compute_dtype: str = "float32"
+    remat: bool = False  # per-block rematerialisation in the training steps (activation memory of one block)
     router_mlp: str = "silu"
     router_d_model: int = 0  # 0: the largest width within the 2% cost budget (RouterConfig.for_backbone)
     mesh: str = "data=-1"  # axis sizes of the (data, fsdp, tensor) mesh; -1: the remaining devices

@@ -18,13 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
-from train import sharding, steps
+from train import programs, sharding, steps
 from train.checkpoint import Checkpointer
 from train.config import TrainConfig
 
@@ -51,7 +49,16 @@ def make_train_mesh(cfg: TrainConfig):
     devices = jax.devices()
     if cfg.devices > len(devices):
         raise ReadmeJaxError(f"devices={cfg.devices} but only {len(devices)} are visible")
-    return sharding.make_mesh(cfg.mesh, devices[:cfg.devices] if cfg.devices else None)
+    procs = jax.process_count()
+    where = f"{procs} processes x {jax.local_device_count()} local devices = {len(devices)} devices"
+    if procs > 1 and cfg.devices not in (0, len(devices)):
+        # A subset would leave some processes without a shard of anything (or with unequal shares).
+        raise ReadmeJaxError(f"devices={cfg.devices}: a multi-process job ({where}) must put all its devices in "
+                             "the mesh; use devices=0")
+    try:
+        return sharding.make_mesh(cfg.mesh, devices[:cfg.devices] if cfg.devices else None)
+    except ReadmeJaxError as e:
+        raise ReadmeJaxError(f"{e} ({where})" if procs > 1 else str(e)) from None
 
 
 def schedule(cfg: TrainConfig) -> list[tuple[int, str, int]]:
@@ -103,9 +110,7 @@ class Trainer:
         self.mesh = make_train_mesh(cfg)
         sharding.check_batch(cfg.micro_batch, self.mesh)
         self.rep = sharding.replicated(self.mesh)
-        # [A, b, L]: the micro-batch axis b is the data-parallel one; the accumulation axis A is scanned.
-        lead = sharding.batch_sharding(self.mesh, 1).spec[0]
-        self.batch_sh = NamedSharding(self.mesh, P(None, lead, None))
+        self.batch_sh, self.scores_sh = programs.batch_shardings(self.mesh)
         self.params = sharding.shard_state(setup.params, self.mesh)
         self.masks = sharding.shard_state(setup.masks, self.mesh)
         self.ones_masks = jax.tree.map(jnp.ones_like, self.masks)  # all neurons: the backbone run dense
@@ -119,23 +124,14 @@ class Trainer:
         self.permanent_NF = jax.device_put(permanent_NF, self.rep)
         k = int(masks_NEF[0, 0].sum())
         self.spec = steps.StepSpec(cfg.distill, cfg.kl_tau, cfg.kl_direction, k, masks_NEF.shape[0],
-                                   int(k - permanent_NF[0].sum()), cfg.compute_dtype)
+                                   int(k - permanent_NF[0].sum()), cfg.compute_dtype, cfg.remat)
         self._targets: dict[int, tuple] = {}  # block index -> teacher (scores_ZLE, label_L), while the teacher holds
         self.ckpt = Checkpointer(setup.out_dir / "ckpt", save_every=cfg.save_every, max_to_keep=cfg.max_to_keep)
         self.metrics_path = setup.out_dir / "metrics.jsonl"
+        self.primary = sharding.is_primary()  # multi-process: only process 0 writes the metrics log
         self._steps = {}
 
     # -- compiled steps, one per stage (and per trainable split) --------------------------------------------
-    def _tx(self, params):
-        return steps.make_optimizer(self.cfg.weight_decay, self.cfg.grad_clip, params)
-
-    def _opt_shardings(self, tx, params, params_sh):
-        import optax
-
-        abstract = jax.eval_shape(tx.init, params)
-        return optax.tree_map_params(tx, lambda _, s: s, abstract, params_sh,
-                                     transform_non_params=lambda _: self.rep)
-
     def _cached(self, stage, build):
         # Compiled steps are shared by Trainers with the same static facts (tests, resumed runs in one process).
         key = (stage, self.spec, self.s.router_gd, self.s.backbone_gd, self.cfg.weight_decay, self.cfg.grad_clip,
@@ -150,18 +146,12 @@ class Trainer:
         return self._steps["router"]
 
     def _build_router_step(self):
-        tx = self._tx(self.router_params)
-        r_sh = sharding.state_shardings(self.router_params, self.mesh)
-        o_sh = self._opt_shardings(tx, self.router_params, r_sh)
-        scores_sh = NamedSharding(self.mesh, P(None, None, *self.batch_sh.spec[1:], None))
-        ins = (r_sh, o_sh, self.batch_sh, self.batch_sh, scores_sh, self.batch_sh, self.rep)
-        fn = steps.make_router_step(self.spec, self.s.router_gd, tx, (ins, (r_sh, o_sh, self.rep)))
-        return tx, fn, jax.jit(tx.init, out_shardings=o_sh)
+        return programs.router_step(self.cfg, self.spec, self.s.router_gd, self.router_params, self.mesh)[:3]
 
     def _teacher_fn(self):
         if "teacher" not in self._steps:
-            self._steps["teacher"] = self._cached("teacher", lambda: steps.make_teacher_fn(self.spec,
-                                                                                           self.s.backbone_gd))
+            self._steps["teacher"] = self._cached("teacher", lambda: steps.make_teacher_fn(
+                self.spec, self.s.backbone_gd, self.rep))
         return self._steps["teacher"]
 
     def _router_targets(self, tokens_BL, idx_B):
@@ -173,20 +163,15 @@ class Trainer:
         fn = self._teacher_fn()
         for row, i in enumerate(idx_B.tolist()):
             if i not in self._targets:
-                scores, label = fn(self.teacher, self.ones_masks, jnp.asarray(tokens_BL[row:row + 1]),
+                tokens_1L = sharding.host_to_global(np.asarray(tokens_BL[row:row + 1], np.int32), self.rep)
+                scores, label = fn(self.teacher, self.ones_masks, tokens_1L,
                                    self.masks_NEF, self.permanent_NF)
                 self._targets[i] = (np.asarray(scores[:, 0]), np.asarray(label[0]))
         scores_ZBLE = np.stack([self._targets[i][0] for i in idx_B.tolist()], axis=1)
         return scores_ZBLE, np.stack([self._targets[i][1] for i in idx_B.tolist()])
 
-    def _trainable_filter(self):
-        if self.cfg.expert_params == "all":
-            return nnx.Param
-        return lambda path, _: any(str(p) in steps.MLP_NAMES for p in path)
-
     def _split(self, params):
-        trainable, frozen = nnx.split_state(params, self._trainable_filter(), ...)
-        return trainable, frozen
+        return programs.split_trainable(self.cfg, params)
 
     def _expert_step(self):
         if "expert" not in self._steps:
@@ -194,17 +179,8 @@ class Trainer:
         return self._steps["expert"]
 
     def _build_expert_step(self):
-        trainable, frozen = self._split(self.params)
-        tx = self._tx(trainable)
-        t_sh = sharding.state_shardings(trainable, self.mesh)
-        f_sh = sharding.state_shardings(frozen, self.mesh)
-        o_sh = self._opt_shardings(tx, trainable, t_sh)
-        m_sh = sharding.state_shardings(self.masks, self.mesh)
-        r_sh = sharding.state_shardings(self.router_params, self.mesh)
-        ins = (t_sh, o_sh, f_sh, m_sh, r_sh, self.batch_sh, self.batch_sh, self.rep)
-        fn = steps.make_expert_step(self.spec, self.s.router_gd, self.s.backbone_gd, tx,
-                                    (ins, (t_sh, o_sh, self.rep)))
-        return tx, fn, jax.jit(tx.init, out_shardings=o_sh)
+        return programs.expert_step(self.cfg, self.spec, self.s.router_gd, self.s.backbone_gd, self.params,
+                                    self.masks, self.router_params, self.mesh)[:3]
 
     def _fresh_opt(self, stage):
         if stage == "router":
@@ -218,8 +194,17 @@ class Trainer:
             state["teacher"] = _flat(self.teacher)
         return state
 
-    def _restore(self):
+    def _latest_step(self):
+        """The newest complete checkpoint, as process 0 sees it: every process must resume the same step."""
         step = self.ckpt.latest_step()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            step = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if step is None else step)))
+            step = None if step < 0 else step
+        return step
+
+    def _restore(self, step):
         meta = self.ckpt.read_meta(step)
         diff = _fingerprint_diff(meta.get("fingerprint", {}), self.s.fingerprint)
         if diff:
@@ -242,16 +227,18 @@ class Trainer:
         cfg, plan = self.cfg, schedule(self.cfg)
         total = sum(n for _, _, n in plan)
         g, data_pos, opt, where = 0, 0, None, (0, 0)  # where = (index into plan, step within stage)
-        if resume and self.ckpt.latest_step() is not None:
-            opt, meta = self._restore()
+        latest = self._latest_step() if resume else None
+        if latest is not None:
+            opt, meta = self._restore(latest)
             g, data_pos, where = meta["global_step"], meta["data_pos"], (meta["plan_index"], meta["step"])
-            _truncate_metrics(self.metrics_path, g)
-            print(f"resumed from {self.ckpt_dir()}/{g}: round {plan[where[0]][0]}, {plan[where[0]][1]} stage, "
-                  f"step {where[1]}")
-        elif self.metrics_path.exists():
+            if self.primary:
+                _truncate_metrics(self.metrics_path, g)
+                print(f"resumed from {self.ckpt_dir()}/{g}: round {plan[where[0]][0]}, {plan[where[0]][1]} stage, "
+                      f"step {where[1]}")
+        elif self.primary and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=total, initial=g, desc="training", unit="step", disable=not self.progress)
+        bar = tqdm(total=total, initial=g, desc="training", unit="step", disable=not (self.progress and self.primary))
         throughput = {s: [] for s in STAGES}
         try:
             for pi in range(where[0], len(plan)):
@@ -275,8 +262,9 @@ class Trainer:
                         throughput[stage].append((tokens.size, dt))
                     row = {"global_step": g, "round": rnd, "stage": stage, "step": i + 1, "lr": lr,
                            "tokens_per_s": tok_s, **metrics}
-                    with self.metrics_path.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    if self.primary:
+                        with self.metrics_path.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("loss", "router_acc")}
                                     | {"stage": f"r{rnd}:{stage}"})
                     bar.update(1)
@@ -297,16 +285,19 @@ class Trainer:
 
     def _step(self, stage, opt, tokens_BL, idx_B, lr):
         A, L = len(tokens_BL) // self.cfg.micro_batch, tokens_BL.shape[-1]
-        tokens_ABL = jax.device_put(jnp.asarray(tokens_BL.reshape(A, -1, L), jnp.int32), self.batch_sh)
-        valid_ABL = jax.device_put(jnp.ones(tokens_ABL.shape, bool), self.batch_sh)
-        lr = jax.device_put(jnp.float32(lr), self.rep)
+        put = sharding.host_to_global  # every process holds the same batch (the stream is deterministic)
+        tokens_ABL = put(np.asarray(tokens_BL, np.int32).reshape(A, -1, L), self.batch_sh)
+        valid_ABL = put(np.ones(tokens_ABL.shape, bool), self.batch_sh)
+        lr = put(np.float32(lr), self.rep)
         if stage == "router":
             _, fn, _ = self._router_step()
             scores_ZBLE, label_BL = self._router_targets(tokens_BL, idx_B)
             Z, E = scores_ZBLE.shape[0], scores_ZBLE.shape[-1]
             scores_AZBLE = scores_ZBLE.reshape(Z, A, -1, L, E).transpose(1, 0, 2, 3, 4)
-            self.router_params, opt, m = fn(self.router_params, opt, tokens_ABL, valid_ABL, scores_AZBLE,
-                                            label_BL.reshape(A, -1, L), lr)
+            scores_AZBLE = put(scores_AZBLE, self.scores_sh)
+            label_ABL = put(label_BL.reshape(A, -1, L), self.batch_sh)
+            self.router_params, opt, m = fn(self.router_params, opt, tokens_ABL, valid_ABL, scores_AZBLE, label_ABL,
+                                            lr)
             return opt, {"loss": float(m["loss"]), "router_acc": float(m["router_acc"]),
                          "grad_norm": float(m["grad_norm"])}
         _, fn, _ = self._expert_step()

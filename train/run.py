@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -76,14 +77,15 @@ def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, pro
 def train(cfg: TrainConfig, workdir, moe_folder=None, *, resume: bool = True, fresh: bool = False,
           stop_after: int | None = None, export: bool = True, progress: bool = True, domains=None) -> dict:
     """Run (or resume) training; returns the summary dict (also written to ``train/summary.json``)."""
-    from readme_jax.lm import jax_to_numpy
     from readme_jax.moe_io import save_moe
+    from train import sharding
 
     workdir = Path(workdir)
     setup, parts, router_cfg = prepare(cfg, workdir, moe_folder, progress, domains)
-    if fresh and setup.out_dir.exists():
+    if fresh and sharding.is_primary() and setup.out_dir.exists():
         shutil.rmtree(setup.out_dir)
-    if progress:
+    sharding.barrier("readme-jax: fresh work folder")  # no process may see the old checkpoints
+    if progress and sharding.is_primary():
         print(f"router: {router_cfg.num_params():,} params (d_model={router_cfg.d_model}, mlp={router_cfg.mlp}); "
               f"{cfg.rounds} rounds x ({cfg.router_steps} router + {cfg.expert_steps} expert steps), "
               f"distill={cfg.distill}, teacher={cfg.teacher}, expert stage trains {cfg.expert_params}")
@@ -94,12 +96,15 @@ def train(cfg: TrainConfig, workdir, moe_folder=None, *, resume: bool = True, fr
         trainer.ckpt.close()
     if "stopped_at" in result:
         return result
+    if export:  # a collective (parameters sharded over other processes are gathered), so before the primary check
+        dense_pure = sharding.to_host(nnx.to_pure_dict(trainer.params))
+        router_pure = sharding.to_host(nnx.to_pure_dict(trainer.router_params))
+    if not sharding.is_primary():  # process 0 writes the metrics, the export and the plot
+        return {**result, "process_index": jax.process_index()}
     summary = {"preset": cfg.preset, "config": dataclasses.asdict(cfg), **result,
                "router_params": router_cfg.num_params(), "training_blocks": len(setup.stream)}
     summary.update(metric_summary(setup.out_dir / "metrics.jsonl"))
     if export:
-        dense_pure = jax_to_numpy(nnx.to_pure_dict(trainer.params))
-        router_pure = jax_to_numpy(nnx.to_pure_dict(trainer.router_params))
         out = save_moe(workdir / "moe_trained", parts["cfg"], dense_pure, parts["masks_NEF"], parts["domains"],
                        parts["keep_ratio"], parts["tokenizer"], report={"training": summary},
                        pruned_N1F=parts["pruned_N1F"], router=(router_cfg, router_pure),

@@ -205,6 +205,42 @@ def shard_state(state, mesh: Mesh):
     return jax.device_put(state, state_shardings(state, mesh))
 
 
+def host_to_global(array, sharding: NamedSharding) -> jax.Array:
+    """A global ``jax.Array`` from a host value that every process holds in full (the same on each).
+
+    Each process copies only the shards of its own devices, so this works on any number of processes (jit
+    refuses a bare numpy input with a non-replicated sharding once the mesh spans several processes).
+    """
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def to_host(tree):
+    """A numpy copy of every leaf, on every process. A leaf sharded over other processes' devices is
+    all-gathered, which is a collective: in a multi-process job every process must call this together."""
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
+
+
+def is_primary() -> bool:
+    """Whether this process writes the job's files (metrics, plots, exports): process 0 of the job."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the job reaches ``name`` (a no-op in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
@@ -263,6 +299,41 @@ def _distributed_kwargs(environ) -> dict | None:
     return None
 
 
+_TIMEOUT_ENV = "READMEJAX_INIT_TIMEOUT"  # seconds to wait for the coordinator and the other processes
+
+
+def _init_timeout(environ) -> int:
+    text = environ.get(_TIMEOUT_ENV, "300").strip()
+    try:
+        timeout = int(text)
+    except ValueError:
+        raise ReadmeJaxError(f"environment variable {_TIMEOUT_ENV}={text!r} is not an integer (seconds)") from None
+    if timeout <= 0:
+        raise ReadmeJaxError(f"environment variable {_TIMEOUT_ENV}={timeout} must be a positive number of seconds")
+    return timeout
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection; a ReadmeJaxError after ``timeout`` seconds."""
+    import socket
+    import time
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ReadmeJaxError(f"JAX_COORDINATOR_ADDRESS={address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ReadmeJaxError(f"the coordinator {address} (process 0 of the job) did not answer within "
+                                     f"{timeout:g} s ({e}); start process 0 first, check the address and the "
+                                     f"firewall, or raise {_TIMEOUT_ENV}") from None
+            time.sleep(0.2)
+
+
 def maybe_initialize_distributed(environ=None) -> bool:
     """Join the multi-process job when launched as one (see the signals above); no-op otherwise.
 
@@ -271,13 +342,29 @@ def maybe_initialize_distributed(environ=None) -> bool:
     """
     if jax.distributed.is_initialized():
         return True
-    kwargs = _distributed_kwargs(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    kwargs = _distributed_kwargs(environ)
     if kwargs is None:
         return False
+    timeout = _init_timeout(environ)
+    address = environ.get("JAX_COORDINATOR_ADDRESS", "").strip()
+    if address and kwargs.get("process_id", 0) != 0:
+        # jax aborts the whole process (a C++ fatal error, no exception) when the coordinator never answers;
+        # find that out first, within the same time bound, and say so.
+        try:
+            wait_for_coordinator(address, timeout)
+        except ReadmeJaxError as e:
+            raise ReadmeJaxError(f"cannot join the multi-process job: {e}") from None
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
     except (RuntimeError, ValueError) as e:
         # RuntimeError: an earlier JAX call already started the backend; ValueError: a coordinator address
         # without a process count/id that jax could detect (set JAX_NUM_PROCESSES and JAX_PROCESS_ID).
         raise ReadmeJaxError(f"cannot join the multi-process job: {e}") from None
     return True
+
+
+def print_topology() -> None:
+    """One line at the start of a run: which process this is, of how many, over how many devices."""
+    print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
+          f"{jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)

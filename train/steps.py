@@ -82,6 +82,18 @@ class StepSpec:
     n_layers: int
     n_specific: int  # neurons in each expert-specific set (reference form)
     compute_dtype: str = "float32"
+    remat: bool = False  # recompute each block's insides in the backward pass, keeping only block outputs
+
+
+def maybe_remat(spec: StepSpec, loss_fn):
+    """``loss_fn`` under per-block rematerialisation when ``spec.remat``: the backward keeps the residual stream
+    between blocks (``readme_jax.model.REMAT_SAVED``) and recomputes everything inside a block, so activation
+    memory is one block's instead of all blocks'. Costs about one extra forward."""
+    if not spec.remat:
+        return loss_fn
+    from readme_jax.model import REMAT_SAVED
+
+    return jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.save_only_these_names(REMAT_SAVED))
 
 
 def teacher_targets(spec: StepSpec, backbone_gd, teacher_params, ones_masks, tokens_BL, masks_NEF, permanent_NF):
@@ -109,10 +121,13 @@ def teacher_targets(spec: StepSpec, backbone_gd, teacher_params, ones_masks, tok
     return jax.lax.stop_gradient(scores_ZBLE), jnp.argmax(overlap_BLE, axis=-1).astype(jnp.int32)
 
 
-def make_teacher_fn(spec: StepSpec, backbone_gd):
-    """Jitted ``teacher_targets`` over one micro-batch (the router stage caches its outputs per block)."""
+def make_teacher_fn(spec: StepSpec, backbone_gd, out_sharding=None):
+    """Jitted ``teacher_targets`` over one micro-batch (the router stage caches its outputs per block).
+
+    ``out_sharding`` (replicated, in a multi-process run) lets every process read the targets it caches.
+    """
     return jax.jit(lambda params, ones, tokens_BL, masks_NEF, permanent_NF: teacher_targets(
-        spec, backbone_gd, params, ones, tokens_BL, masks_NEF, permanent_NF))
+        spec, backbone_gd, params, ones, tokens_BL, masks_NEF, permanent_NF), out_shardings=out_sharding)
 
 
 def distill_loss(spec: StepSpec, logits_BLE, scores_ZBLE, valid_BL):
@@ -135,7 +150,7 @@ def make_router_step(spec: StepSpec, router_gd, tx, shardings=None):
                 logits_BLE = router(tokens_BL)
                 return distill_loss(spec, logits_BLE, scores_ZBLE, valid_BL), logits_BLE
 
-            (loss, logits_BLE), g = jax.value_and_grad(loss_fn, has_aux=True)(router_params)
+            (loss, logits_BLE), g = jax.value_and_grad(maybe_remat(spec, loss_fn), has_aux=True)(router_params)
             hit = jnp.sum((jnp.argmax(logits_BLE, axis=-1) == label_BL) & valid_BL)
             return jax.tree.map(jnp.add, grads, g), (loss, hit, jnp.sum(valid_BL))
 
@@ -168,7 +183,7 @@ def make_expert_step(spec: StepSpec, router_gd, backbone_gd, tx, shardings=None)
                 model = nnx.merge(backbone_gd, params, masks)
                 return losses.lm_loss(model(tokens_BL, route=route_BL), tokens_BL, valid_BL)
 
-            loss, g = jax.value_and_grad(loss_fn)(trainable)
+            loss, g = jax.value_and_grad(maybe_remat(spec, loss_fn))(trainable)
             usage_E = jnp.bincount(route_BL.reshape(-1), length=masks_NEF_width(masks))
             return jax.tree.map(jnp.add, grads, g), (loss, usage_E)
 

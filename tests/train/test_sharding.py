@@ -260,7 +260,31 @@ def test_maybe_initialize_distributed_is_idempotent(monkeypatch):
     env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
     assert sharding.maybe_initialize_distributed(env) is True
     assert sharding.maybe_initialize_distributed(env) is True
-    assert calls == [{"num_processes": 2, "process_id": 0}]
+    assert calls == [{"num_processes": 2, "process_id": 0, "initialization_timeout": 300}]
+
+
+def test_unreachable_coordinator_is_a_clear_error_within_the_timeout(tmp_path):
+    """A worker whose coordinator never answers ends with one error line after READMEJAX_INIT_TIMEOUT seconds
+    (jax itself would abort the process with a C++ fatal error)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "1", "READMEJAX_INIT_TIMEOUT": "2"}
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "readme_jax.cli", "train", "--preset", "tiny", "--workdir",
+                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"error: cannot join the multi-process job: the coordinator 127.0.0.1:{port}" in out.stderr
+    assert "within 2 s" in out.stderr and time.monotonic() - t0 < 60
+    with pytest.raises(ReadmeJaxError, match="READMEJAX_INIT_TIMEOUT=0 must be a positive"):
+        sharding.maybe_initialize_distributed({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "READMEJAX_INIT_TIMEOUT": "0"})
 
 
 def test_failed_join_is_a_readme_error(monkeypatch):

@@ -12,16 +12,11 @@ from flax import nnx
 from readme_jax import refactor
 from readme_jax.data.fixtures import fixture_source
 from readme_jax.errors import ReadmeJaxError
-from readme_jax.lm import jax_to_numpy
-from readme_jax.moe_io import save_moe
-from tests.helpers import tiny_config, tiny_model
-from tests.model.test_loaders import VOCAB, tiny_tokenizer
+from tests.train.conftest import DOMAINS
 from train import losses
 from train.config import make_config
 from train.data import BlockStream
 from train.loop import schedule, stage_lr
-
-DOMAINS = ("code", "legal", "quotes")
 
 
 def test_paper_loss_by_hand():
@@ -119,16 +114,6 @@ def test_block_stream_is_deterministic_and_resumable():
 
 
 # -- end to end on a tiny model -------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def moe_folder(tmp_path_factory):
-    cfg = tiny_config(vocab_size=VOCAB, eos_ids=(258,), pad_id=256)
-    pure = jax_to_numpy(nnx.to_pure_dict(nnx.split(tiny_model(cfg))[1]))
-    stats = np.random.default_rng(4).random((len(DOMAINS), cfg.n_layers, cfg.d_ff))
-    masks = refactor.domain_masks(stats, 0.5)
-    return save_moe(tmp_path_factory.mktemp("moe") / "moe", cfg, pure, masks, DOMAINS, 0.5, tiny_tokenizer(),
-                    pruned_N1F=refactor.pruned_mask(stats, 0.5))
-
 
 def _train(tmp, moe_folder, overrides=(), **kw):
     from train.run import train
