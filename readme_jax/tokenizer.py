@@ -10,10 +10,6 @@ from pathlib import Path
 from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
 
-# llama.cpp pre-tokenizer names whose regex splits every digit on its own (SmolLM2 among them).
-_DIGIT_SPLIT_PRE = {"smollm", "qwen2", "deepseek-llm", "llama-bpe", "llama3"}
-
-
 class Tokenizer:
     def __init__(self, tk, *, bos_id=None, eos_ids=(), pad_id=None, add_bos=False, chat_template=None):
         self.tk = tk
@@ -68,31 +64,15 @@ class Tokenizer:
 
 
 def from_gguf(gf) -> Tokenizer:
-    """Byte-level BPE from the GGUF fields (``tokenizer.ggml.model == "gpt2"``)."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
+    """From an opened GGUF file's vocabulary, following its tokenizer model and pre-tokenizer
+    (``readme_jax.gguf_tokenizer``; an unsupported kind is an error naming it)."""
+    from readme_jax import gguf_tokenizer
 
-    kind = gf.field("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ReadmeJaxError(f"{gf.path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, "
-                             "'gpt2'); load the HF checkpoint folder instead")
-    tokens = gf.field("tokenizer.ggml.tokens")
-    merges = gf.field("tokenizer.ggml.merges") or []
-    types = gf.field("tokenizer.ggml.token_type") or [1] * len(tokens)
-    tk = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)},
-                                merges=[tuple(m.split(" ", 1)) for m in merges]))
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    if gf.field("tokenizer.ggml.pre") in _DIGIT_SPLIT_PRE:
-        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
-    tk.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    tk.decoder = decoders.ByteLevel()
-    # token_type 3 = control tokens (<|im_start|> ...): matched whole, never split
-    tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                           for i, t in enumerate(types) if t == 3])
+    tk, add_bos = gguf_tokenizer.build(gf)
     eos = gf.field("tokenizer.ggml.eos_token_id")
     return Tokenizer(tk, bos_id=gf.field("tokenizer.ggml.bos_token_id"), eos_ids=() if eos is None else (eos,),
                      pad_id=gf.field("tokenizer.ggml.padding_token_id"),
-                     add_bos=bool(gf.field("tokenizer.ggml.add_bos_token", False)),
+                     add_bos=bool(gf.field("tokenizer.ggml.add_bos_token", add_bos)),
                      chat_template=gf.field("tokenizer.chat_template"))
 
 

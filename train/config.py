@@ -43,6 +43,7 @@ class TrainConfig:
     remat: bool = False  # per-block rematerialisation in the training steps (activation memory of one block)
     router_mlp: str = "silu"
     router_d_model: int = 0  # 0: the largest width within the 2% cost budget (RouterConfig.for_backbone)
+    router_rope_theta: float = 0.0  # 0: the backbone's rope_theta, as the reference code does
     mesh: str = "data=-1"  # axis sizes of the (data, fsdp, tensor) mesh; -1: the remaining devices
     devices: int = 0  # use the first N devices (0: all)
     blocks_per_domain: int = 48  # training blocks read per domain (train split)
@@ -72,6 +73,9 @@ class TrainConfig:
         if self.router_lr <= 0 or self.expert_lr < 0 or not 0 < self.round_decay <= 1 or self.kl_tau <= 0:
             raise ReadmeJaxError("train config: router_lr and kl_tau must be > 0, expert_lr >= 0, "
                                  "round_decay in (0, 1]")
+        if self.router_rope_theta < 0:
+            raise ReadmeJaxError(f"train config: router_rope_theta={self.router_rope_theta} must be >= 0 "
+                                 "(0: the backbone's)")
         if not 0 <= self.warmup_frac < 1:
             raise ReadmeJaxError(f"train config: warmup_frac={self.warmup_frac} must be in [0, 1)")
         if self.seq_len < 2:

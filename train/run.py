@@ -50,6 +50,8 @@ def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, pro
     overrides = {"mlp": cfg.router_mlp, "max_seq_len": max(cfg.seq_len, dense_cfg.max_seq_len)}
     if cfg.router_d_model:
         overrides["d_model"], overrides["d_ff"] = cfg.router_d_model, cfg.router_d_model
+    if cfg.router_rope_theta:
+        overrides["rope_theta"] = cfg.router_rope_theta
     router_cfg = RouterConfig.for_backbone(dense_cfg, E, **overrides)
     if parts["router"] is not None:  # continue from a trained router (e.g. training a trained folder again)
         from readme_jax.moe_io import build_router

@@ -35,12 +35,16 @@ def register(sub):
     p.add_argument("--workdir", default=DEFAULT_WORKDIR)
     p.set_defaults(func=run_refactor)
 
-    p = sub.add_parser("eval", help="held-out perplexity per domain: dense, pruned-dense, MoE variants")
+    p = sub.add_parser("eval", help="held-out perplexity per domain (or --tasks: downstream accuracy): dense, "
+                                    "pruned-dense, MoE variants")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trained", default=None,
                    help="a trained Read-ME folder to add as moe_router (default: <workdir>/moe_trained when present; "
                         "'none' to skip)")
     _common(p, blocks=4)
+    from readme_jax.commands import downstream
+
+    downstream.add_arguments(p)
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("analyze", help="layer-transition MI, temporal locality, domain confusion (+ PNGs)")
@@ -105,15 +109,23 @@ def run_eval(args) -> int:
     from readme_jax.moe_io import is_moe_folder, read_moe_folder
     from readme_jax.weights import build_model
 
+    if args.tasks is not None:  # a bad task name fails before anything loads
+        from readme_jax.tasks.registry import parse_tasks
+
+        parse_tasks(args.tasks)
     workdir = Path(args.workdir)
     folder = workdir / "moe"
     if not is_moe_folder(folder):
         raise ReadmeJaxError(f"{folder}: no Read-ME MoE folder; run `readme-jax refactor` first")
     parts = read_moe_folder(folder)
-    lm = LM(build_model(parts["cfg"], parts["dense_pure"]), parts["tokenizer"], source=str(folder))
     if parts["pruned_N1F"] is None:
         raise ReadmeJaxError(f"{folder}: no pruned-dense masks (written by `readme-jax refactor`)")
     trained = _trained_folder(args, workdir, parts)
+    if args.tasks is not None:
+        from readme_jax.commands import downstream
+
+        return downstream.run(args, parts, trained, workdir)
+    lm = LM(build_model(parts["cfg"], parts["dense_pure"]), parts["tokenizer"], source=str(folder))
     domains = select_domains(parts["domains"])
     blocks = domain_blocks(lm.tokenizer, domains, "heldout", args.block_len, args.blocks, args.doc_chars)
     report, routes = evaluate(lm, parts["masks_NEF"], parts["pruned_N1F"], blocks, batch_size=args.batch_size,
@@ -148,19 +160,29 @@ def run_eval(args) -> int:
     return 0
 
 
+def optional_folder(value: str | None, default: Path, missing: str) -> Path | None:
+    """A MoE folder named by an option: ``value`` ('none': skip; None: ``default`` if it exists). A folder the
+    user named that is not a MoE folder is an error ending in ``missing``."""
+    from readme_jax.moe_io import is_moe_folder
+
+    if value == "none":
+        return None
+    path = Path(value) if value else default
+    if is_moe_folder(path):
+        return path
+    if value:
+        raise ReadmeJaxError(f"{path}: {missing}")
+    return None
+
+
 def _trained_folder(args, workdir: Path, parts):
     """The trained MoE (an MoELM with a router) to evaluate beside the baselines, or None."""
     import numpy as np
 
     import readme_jax
-    from readme_jax.moe_io import is_moe_folder
 
-    if args.trained == "none":
-        return None
-    path = Path(args.trained) if args.trained else workdir / "moe_trained"
-    if not is_moe_folder(path):
-        if args.trained:
-            raise ReadmeJaxError(f"{path}: no Read-ME MoE folder (from `readme-jax train`)")
+    path = optional_folder(args.trained, workdir / "moe_trained", "no Read-ME MoE folder (from `readme-jax train`)")
+    if path is None:
         return None
     trained = readme_jax.load(str(path))
     if trained.router is None:

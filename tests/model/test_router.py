@@ -171,6 +171,14 @@ def test_default_router_for_smollm2_is_within_two_percent_of_backbone_flops():
         RouterConfig.for_backbone(SMOLLM2_135M, budget=1e-4)
 
 
+def test_router_rope_base_follows_the_backbone_unless_set():
+    """The reference code builds the router's rotary embedding from the backbone's config."""
+    backbone = SMOLLM2_135M.replace(rope_theta=1e5)  # SmolLM2's real base
+    assert RouterConfig.for_backbone(backbone).rope_theta == backbone.rope_theta
+    assert RouterConfig.for_backbone(LLAMA2_7B.replace(rope_theta=5e5)).rope_theta == 5e5
+    assert RouterConfig.for_backbone(backbone, rope_theta=1e4).rope_theta == 1e4
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(d_model=30), "not divisible by n_heads"),
     (dict(d_model=12, n_heads=4), "must be even for RoPE"),

@@ -96,6 +96,8 @@ def test_config_errors():
         make_config("default", ["router_batch=6", "micro_batch=4"])
     with pytest.raises(ReadmeJaxError, match="distill='kl'"):
         make_config("default", ["distill=kl"])
+    with pytest.raises(ReadmeJaxError, match="router_rope_theta=-1.0 must be >= 0"):
+        make_config("default", ["router_rope_theta=-1"])
     assert make_config("paper").seq_len == 4096 and make_config("paper").rounds == 8
 
 
