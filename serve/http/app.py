@@ -153,7 +153,7 @@ def _prompt_ids(state: ServerState, job) -> list[int]:
 def _sampling(state: ServerState, job, prompt_ids) -> SamplingParams:
     context = state.engine.context
     room = context - len(prompt_ids)
-    param = "max_completion_tokens" if job.chat else "max_tokens"
+    param = job.max_tokens_key
     if room < 1:
         raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; the model's context is {context}, which "
                             "leaves no room to generate", "messages" if job.chat else "prompt")

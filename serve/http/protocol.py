@@ -39,6 +39,7 @@ class Job:
     chat: bool
     prompt: object  # str, list[int] (completions) or list of {"role", "content"} (chat)
     max_tokens: int | None  # None: what the context leaves after the prompt
+    max_tokens_key: str  # the field it came from, for error messages
     temperature: float
     top_k: int | None
     top_p: float | None
@@ -216,8 +217,8 @@ def parse_job(body: dict, chat: bool, model_name: str) -> Job:
         prompt = _messages(body)
         for key in ("max_tokens", "max_completion_tokens"):
             _int(body, key, None, 1)
-        max_tokens = _int(body, "max_completion_tokens", None, 1)
-        max_tokens = _int(body, "max_tokens", None, 1) if max_tokens is None else max_tokens
+        mt_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        max_tokens = _int(body, mt_key, None, 1)
         _refuse_unless(body, "logprobs", (False, None))
         _refuse_unless(body, "top_logprobs", (0, None))
         for key in ("tools", "functions"):
@@ -227,7 +228,7 @@ def parse_job(body: dict, chat: bool, model_name: str) -> Job:
         _refuse_unless(body, "response_format", ({"type": "text"}, None))
     else:
         prompt = _prompt(body)
-        max_tokens = _int(body, "max_tokens", 16, 1)
+        mt_key, max_tokens = "max_tokens", _int(body, "max_tokens", 16, 1)
         _refuse_unless(body, "logprobs", (0, None), "is not supported (no log-probabilities)")
         _refuse_unless(body, "echo", (False, None))
         _refuse_unless(body, "suffix", (None, ""))
@@ -243,7 +244,7 @@ def parse_job(body: dict, chat: bool, model_name: str) -> Job:
     top_k = _int(body, "top_k", None, -1)
     seed = _int(body, "seed", None, -(2 ** 63), 2 ** 64 - 1)
     known = COMMON | (CHAT_ONLY if chat else COMPLETION_ONLY)
-    return Job(chat=chat, prompt=prompt, max_tokens=max_tokens,
+    return Job(chat=chat, prompt=prompt, max_tokens=max_tokens, max_tokens_key=mt_key,
                temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
                top_k=None if top_k in (None, -1, 0) else top_k,
                top_p=_number(body, "top_p", None, 0.0, 1.0, low_open=True), seed=seed, stop=_stop(body),
