@@ -93,3 +93,7 @@ class FakeEngine:
 
     def slot_table(self):
         return {"slots": [0, 1, 2, 3], "resident": [0, 1, 2, 3], "num_experts": 4}
+
+    def generate(self, prompts, max_new_tokens=32, temperature=0.0, top_k=None, top_p=None, seed=0):
+        ids = [self.script[i % len(self.script)] for i in range(max_new_tokens)]
+        return [self.tokenizer.decode(ids) for _ in prompts]
