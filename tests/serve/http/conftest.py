@@ -45,3 +45,26 @@ def small_engine(**kw):
     from tests.serve.http.fake_engine import FakeEngine
 
     return FakeEngine(**kw)
+
+
+class StreamTally:
+    """Counts an SSE stream's token chunks as its lines arrive: ``feed`` returns True on a token chunk."""
+
+    def __init__(self):
+        self.chunks, self.usage, self.finish, self.done = 0, None, None, False
+
+    def feed(self, line: str) -> bool:
+        import json
+
+        if not line.startswith("data: ") or self.done:
+            return False
+        if line == "data: [DONE]":
+            self.done = True
+            return False
+        chunk = json.loads(line[6:])
+        if not chunk["choices"]:
+            self.usage = chunk["usage"]
+            return False
+        self.chunks += 1
+        self.finish = chunk["choices"][0]["finish_reason"] or self.finish
+        return True

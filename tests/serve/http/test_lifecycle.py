@@ -1,7 +1,6 @@
 """Lifecycle: a client that disconnects mid-stream frees its request; SIGTERM drains in-flight streams, then the
 process exits 0."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.serve.http.conftest import live_server, small_engine
+from tests.serve.http.conftest import StreamTally, live_server, small_engine
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -64,24 +63,14 @@ def test_sigterm_drains_in_flight_streams_then_exits_0():
         model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
         body = {"model": model, "prompt": "go", "max_tokens": 40, "stream": True,
                 "stream_options": {"include_usage": True}}
-        chunks, usage, done = 0, None, False
+        tally = StreamTally()
         with httpx.Client(base_url=url, timeout=60) as client, client.stream("POST", "/v1/completions", json=body) as r:
             for line in r.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    done = True
-                    break
-                chunk = json.loads(line[6:])
-                if chunk["choices"]:
-                    chunks += 1
-                    if chunks == 2:
-                        proc.send_signal(signal.SIGTERM)  # mid-stream
-                        time.sleep(0.3)
-                        assert _health(url) in (None, 503)  # draining: no new work
-                else:
-                    usage = chunk["usage"]
-        assert done and chunks == 40 and usage["completion_tokens"] == 40
+                if tally.feed(line) and tally.chunks == 2:
+                    proc.send_signal(signal.SIGTERM)  # mid-stream
+                    time.sleep(0.3)
+                    assert _health(url) in (None, 503)  # draining: no new work
+        assert tally.done and tally.chunks == 40 and tally.usage["completion_tokens"] == 40
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:

@@ -8,7 +8,7 @@ import re
 
 import httpx
 
-from tests.serve.http.conftest import live_server, small_engine
+from tests.serve.http.conftest import StreamTally, live_server, small_engine
 
 N, MAX_WAITING, MAX_TOKENS = 200, 24, 6
 
@@ -20,20 +20,11 @@ async def _stream(client, model, i):
         if r.status_code != 200:
             return {"status": r.status_code, "retry_after": r.headers.get("retry-after"),
                     "body": json.loads(await r.aread())}
-        chunks, usage, finish, done = 0, None, None, False
+        tally = StreamTally()
         async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            if line == "data: [DONE]":
-                done = True
-                continue
-            chunk = json.loads(line[6:])
-            if chunk["choices"]:
-                chunks += 1
-                finish = chunk["choices"][0]["finish_reason"] or finish
-            else:
-                usage = chunk["usage"]
-        return {"status": 200, "chunks": chunks, "usage": usage, "finish": finish, "done": done}
+            tally.feed(line)
+        return {"status": 200, "chunks": tally.chunks, "usage": tally.usage, "finish": tally.finish,
+                "done": tally.done}
 
 
 def _metric(text, name, labels=""):
