@@ -1,6 +1,7 @@
 """Incremental detokenisation: the deltas add up to the whole decode (UTF-8 split across tokens included), and
 stop strings cut the text before their first occurrence, never later."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,3 +48,20 @@ def test_an_unfinished_character_is_held_then_released():
 def test_skipped_ids_emit_nothing():
     inc = IncrementalText(TOK, skip_ids=(0,))
     assert inc.add(TOK.encode("a")[0]) == "a" and inc.add(0) == "" and inc.flush() == ""
+
+
+@pytest.mark.realmodel
+def test_the_default_models_tokenizer_streams_the_same_text():
+    from readme_jax import gguf_import
+    from readme_jax import tokenizer as tok
+    from readme_jax.assets import default_gguf_path
+
+    if not default_gguf_path().is_file():
+        pytest.skip("the default model is not in the cache (make setup)")
+    real = tok.from_gguf(gguf_import.GGUFFile(default_gguf_path()))
+    text = "Grüße, 世界! 🙂🚀 naïve café — ∑x² <|im_end|> done\n\tcode();"
+    ids = real.encode(text)
+    inc = IncrementalText(real, skip_ids=real.eos_ids)
+    deltas = [inc.add(i) for i in ids]
+    assert "".join(deltas) + inc.flush() == real.decode([i for i in ids if i not in real.eos_ids])
+    assert all("\ufffd" not in d for d in deltas)
