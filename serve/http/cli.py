@@ -55,11 +55,12 @@ def register(sub) -> None:
 
 
 def run_serve(args) -> int:
-    from serve.engine import Engine
-    from serve.http.app import ServerConfig, create_app
     from serve.http.server import bind, run
 
     bind(args.host, args.port).close()  # a port in use fails before the model loads
+    from serve.engine import Engine
+    from serve.http.app import ServerConfig, create_app
+
     config = ServerConfig(max_waiting=args.max_waiting, model_name=args.served_model_name)
     engine = Engine.load(args.model, slots=args.slots, cache_policy=args.cache_policy, batching=args.batching,
                          max_seqs=args.max_seqs, prefetch=args.prefetch, seed=args.seed)
