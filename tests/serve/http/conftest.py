@@ -68,3 +68,25 @@ class StreamTally:
         self.chunks += 1
         self.finish = chunk["choices"][0]["finish_reason"] or self.finish
         return True
+
+
+def tiny_moe_folder(root):
+    """A tiny random Read-ME MoE folder with a (random) router and a byte-level BPE tokenizer with a chat
+    template: what Engine.load and readme_jax.load both take."""
+    import numpy as np
+    from flax import nnx
+
+    from readme_jax import refactor
+    from readme_jax.lm import jax_to_numpy
+    from readme_jax.moe_io import save_moe
+    from readme_jax.router import RouterConfig, init_router
+    from tests.helpers import tiny_config, tiny_model
+    from tests.model.test_loaders import VOCAB, tiny_tokenizer
+
+    cfg = tiny_config(vocab_size=VOCAB, eos_ids=(258,), pad_id=256)
+    weights = jax_to_numpy(nnx.to_pure_dict(nnx.split(tiny_model(cfg, seed=11))[1]))
+    masks_NEF = refactor.domain_masks(np.random.default_rng(4).random((4, cfg.n_layers, cfg.d_ff)), 0.5)
+    rcfg = RouterConfig(vocab_size=VOCAB, n_experts=4, d_model=16, d_ff=16, n_heads=2, max_seq_len=cfg.max_seq_len)
+    router = jax_to_numpy(nnx.to_pure_dict(nnx.state(init_router(rcfg, rngs=nnx.Rngs(6)))))
+    return save_moe(root, cfg, weights, masks_NEF, ("code", "legal", "quotes", "manuals"), 0.5, tiny_tokenizer(),
+                    router=(rcfg, router))
