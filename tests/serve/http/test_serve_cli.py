@@ -19,3 +19,12 @@ def test_bench_serve_bad_workload_is_one_error_line(capsys):
     assert cli.main(["bench-serve", "--workload", "nothing.txt", "--url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--workload" in err[0]
+
+
+def test_a_bad_model_is_one_error_line(capsys, tmp_path):
+    import pytest
+
+    pytest.importorskip("serve.engine")
+    assert cli.main(["serve", "--model", str(tmp_path / "missing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "missing" in err[0]
