@@ -198,4 +198,7 @@ async def _generate(state: ServerState, request: Request, chat: bool):
     if job.stream:
         return StreamingResponse(reply.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
-    return JSONResponse(await reply.whole())
+    try:
+        return JSONResponse(await reply.whole())
+    except streaming.EngineFailure as exc:
+        return JSONResponse(error_body(500, f"generation failed: {exc}", kind="server_error"), status_code=500)

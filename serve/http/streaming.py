@@ -84,11 +84,9 @@ class Reply:
         return {"id": self.ticket.request_id, "object": obj, "created": self.created, "model": self.state.model_name}
 
     async def whole(self) -> dict:
-        try:
+        try:  # an EngineFailure goes up to the app: a 500 in the error envelope
             async for _ in self.events():
                 pass
-        except EngineFailure as exc:
-            return error_body(500, str(exc), kind="server_error")
         finally:
             self.abort()
         if self.job.chat:
