@@ -83,3 +83,25 @@ def _health(url):
         return httpx.get(url + "/health", timeout=2).status_code
     except httpx.TransportError:
         return None
+
+
+def test_an_engine_crash_fails_requests_cleanly_and_health_says_so():
+    eng = small_engine(step_s=0.01)
+    boom = {"after": 3}
+    real_step = eng.step
+
+    def step():
+        boom["after"] -= 1
+        if boom["after"] < 0:
+            raise RuntimeError("device lost")
+        return real_step()
+
+    eng.step = step
+    with live_server(eng) as (url, state):
+        body = {"model": state.model_name, "prompt": "go", "max_tokens": 50}
+        r = httpx.post(url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code in (500, 503) and "device lost" in r.json()["error"]["message"]
+        assert "Traceback" not in r.text
+        health = httpx.get(url + "/health")
+        assert health.status_code == 503 and "device lost" in health.json()["status"]
+        assert httpx.post(url + "/v1/completions", json=body).status_code == 503
