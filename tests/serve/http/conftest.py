@@ -41,10 +41,17 @@ def live_server(engine, **config):
         sock.close()
 
 
-def small_engine(**kw):
+def small_engine():
+    """The engine every server test shares (one compile for the whole session)."""
     from tests.serve.http.fake_engine import FakeEngine
 
-    return FakeEngine(**kw)
+    return FakeEngine(max_seqs=4, step_s=0.01)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    eng = small_engine()
+    yield eng
 
 
 class StreamTally:

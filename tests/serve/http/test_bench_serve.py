@@ -7,11 +7,11 @@ import asyncio
 import pytest
 
 from serve.http import bench
-from tests.serve.http.conftest import live_server, small_engine
+from tests.serve.http.conftest import live_server
 
 
-def test_closed_loop_run_counts_every_token_and_reads_the_server_counters(tmp_path):
-    eng = small_engine(max_seqs=4)
+def test_closed_loop_run_counts_every_token_and_reads_the_server_counters(engine, tmp_path):
+    eng = engine
     requests = bench.workload("synthetic", 12, 8, 5, seed=0)
     with live_server(eng) as (url, state):
         before = eng.stats()["iterations"]

@@ -7,7 +7,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.serve.http.conftest import live_server, small_engine
+from tests.serve.http.conftest import live_server
 
 MAX_BODY = 4096
 GOOD = {"model": "MODEL", "prompt": "hello", "max_tokens": 2, "temperature": 0}
@@ -104,8 +104,8 @@ def _check(response, seen, key=None):
     seen[response.status_code] += 1
 
 
-def test_fuzz_1000_hostile_requests_all_4xx_then_a_good_one():
-    eng = small_engine()
+def test_fuzz_1000_hostile_requests_all_4xx_then_a_good_one(engine):
+    eng = engine
     with live_server(eng, max_body_bytes=MAX_BODY) as (url, state), httpx.Client(base_url=url, timeout=30) as client:
         model = state.model_name
         seen = collections.Counter()

@@ -8,7 +8,7 @@ import re
 
 import httpx
 
-from tests.serve.http.conftest import StreamTally, live_server, small_engine
+from tests.serve.http.conftest import StreamTally, live_server
 
 N, MAX_WAITING, MAX_TOKENS = 200, 24, 6
 
@@ -36,8 +36,8 @@ def _metric(text, name, labels=""):
     return total
 
 
-def test_200_concurrent_streams_none_lost_queue_bounded_metrics_match():
-    eng = small_engine(max_seqs=4)
+def test_200_concurrent_streams_none_lost_queue_bounded_metrics_match(engine):
+    eng = engine
     with live_server(eng, max_waiting=MAX_WAITING) as (url, state):
         async def main():
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)

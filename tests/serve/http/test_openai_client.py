@@ -5,14 +5,14 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from tests.serve.http.conftest import live_server, small_engine  # noqa: E402
+from tests.serve.http.conftest import live_server  # noqa: E402
 
 PROMPT, N = "The expert cache", 12
 
 
 @pytest.fixture(scope="module")
-def server():
-    eng = small_engine()
+def server(engine):
+    eng = engine
     with live_server(eng) as (url, state):
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
         yield eng, state, client

@@ -12,7 +12,7 @@ def test_openai_client_greedy_equals_lm_generate_on_the_default_model():
     if not default_gguf_path().is_file():
         pytest.skip("the default model is not in the cache (make setup)")
     import readme_jax
-    from serve.engine import Engine
+    Engine = pytest.importorskip("serve.engine").Engine
     from tests.serve.http.conftest import live_server
 
     lm = readme_jax.load("default")
