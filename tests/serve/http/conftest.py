@@ -97,3 +97,10 @@ def tiny_moe_folder(root):
     router = jax_to_numpy(nnx.to_pure_dict(nnx.state(init_router(rcfg, rngs=nnx.Rngs(6)))))
     return save_moe(root, cfg, weights, masks_NEF, ("code", "legal", "quotes", "manuals"), 0.5, tiny_tokenizer(),
                     router=(rcfg, router))
+
+
+def metric_value(text: str, name: str) -> float:
+    """The sum over labels of one metric in Prometheus text."""
+    import re
+
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.M))

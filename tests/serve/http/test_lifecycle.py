@@ -38,8 +38,7 @@ def test_disconnect_mid_stream_aborts_and_frees_the_request(engine):
         stats = lambda: httpx.get(url + "/v1/readme/stats").json()  # noqa: E731
         _wait(lambda: stats()["aborted"] == 1)  # a fresh server: its counter starts at 0
         snap = stats()
-        assert snap["live"] == 0 and snap["running"] == 0 and snap["waiting"] == 0
-        assert eng.num_running() == 0 and not eng.has_work()
+        assert snap["live"] == 0 and snap["running"] == 0 and snap["waiting"] == 0  # the engine's own counts
         # and the server goes on serving
         r = httpx.post(url + "/v1/completions", json={**body, "stream": False, "max_tokens": 3}, timeout=30)
         assert r.status_code == 200 and 1 <= r.json()["usage"]["completion_tokens"] <= 3

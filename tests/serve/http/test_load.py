@@ -4,11 +4,10 @@ the clients saw."""
 
 import asyncio
 import json
-import re
 
 import httpx
 
-from tests.serve.http.conftest import StreamTally, live_server
+from tests.serve.http.conftest import StreamTally, live_server, metric_value
 
 N, MAX_WAITING, MAX_TOKENS = 200, 24, 6
 
@@ -25,15 +24,6 @@ async def _stream(client, model, i):
             tally.feed(line)
         return {"status": 200, "chunks": tally.chunks, "usage": tally.usage, "finish": tally.finish,
                 "done": tally.done}
-
-
-def _metric(text, name, labels=""):
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", line)
-        if m and labels in m.group(1):
-            total += float(m.group(2))
-    return total
 
 
 def test_200_concurrent_streams_none_lost_queue_bounded_metrics_match(engine):
@@ -58,9 +48,9 @@ def test_200_concurrent_streams_none_lost_queue_bounded_metrics_match(engine):
         if r["finish"] == "length":
             assert r["chunks"] == MAX_TOKENS
     assert snap["max_waiting_seen"] <= MAX_WAITING and snap["live"] == 0
-    assert _metric(metrics, "readme:generation_tokens_total") == sum(r["chunks"] for r in ok)
-    assert _metric(metrics, "readme:request_success_total") == len(ok)
-    assert _metric(metrics, "readme:requests_rejected_total") == len(rejected)
-    assert _metric(metrics, "readme:prompt_tokens_total") == sum(r["usage"]["prompt_tokens"] for r in ok)
-    assert _metric(metrics, "readme:time_to_first_token_seconds_count") == len(ok)
-    assert _metric(metrics, "readme:e2e_request_latency_seconds_count") == len(ok)
+    assert metric_value(metrics, "readme:generation_tokens_total") == sum(r["chunks"] for r in ok)
+    assert metric_value(metrics, "readme:request_success_total") == len(ok)
+    assert metric_value(metrics, "readme:requests_rejected_total") == len(rejected)
+    assert metric_value(metrics, "readme:prompt_tokens_total") == sum(r["usage"]["prompt_tokens"] for r in ok)
+    assert metric_value(metrics, "readme:time_to_first_token_seconds_count") == len(ok)
+    assert metric_value(metrics, "readme:e2e_request_latency_seconds_count") == len(ok)
