@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (readme-jax's CPU stack is pinned for Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test,parity]'
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test,parity,server]'
 	touch $(STAMP)
 
 model: $(STAMP)
