@@ -34,15 +34,19 @@ class FifoQueue:
         self.tokens -= request.work_tokens
         return request
 
-    def take_prefix(self, out: list, budget: int, limit: int) -> int:
-        """Move heads into ``out`` while they fit ``budget`` and ``out`` holds fewer than ``limit`` items;
-        returns the budget left."""
+    def take_prefix(self, out: list, budget: int, limit: int, cap=None) -> int:
+        """Move heads into ``out`` while they fit ``budget``, ``out`` holds fewer than ``limit`` items and, with
+        an ``ExpertCap``, the batch's distinct experts stay within it; returns the budget left."""
         items = self.items
         while items and items[0].work_tokens <= budget and len(out) < limit:
+            if cap is not None and not cap.admits(items[0]):
+                break
             request = items.popleft()
             self.tokens -= request.work_tokens
             budget -= request.work_tokens
             out.append(request)
+            if cap is not None:
+                cap.take(request)
         return budget
 
     def take_all(self, out: list) -> int:
@@ -52,6 +56,36 @@ class FifoQueue:
         self.items.clear()
         self.tokens = 0
         return tokens
+
+
+class ExpertCap:
+    """The expert cap of one batch (``SchedulerConfig.max_batch_experts``): the distinct experts taken so far.
+
+    The real engine runs a batch with every expert it touches resident in one of C device slots, so a batch may
+    touch at most C distinct experts. An item is admitted when the union of its experts and the batch's stays
+    within the cap; every pending item needs at most C on its own (prefills are chunked to fit), so the first
+    item of an empty batch always fits.
+    """
+
+    __slots__ = ("limit", "experts")
+
+    def __init__(self, limit: int, chosen=()):
+        self.limit = limit
+        self.experts = set()
+        for request in chosen:
+            self.experts.update(request.work_experts)
+
+    def admits(self, request) -> bool:
+        experts = request.work_experts
+        if len(experts) == 1:
+            return experts[0] in self.experts or len(self.experts) < self.limit
+        return len(self.experts.union(experts)) <= self.limit
+
+    def admits_all(self, requests) -> bool:
+        return len(self.experts.union(*(r.work_experts for r in requests))) <= self.limit
+
+    def take(self, request) -> None:
+        self.experts.update(request.work_experts)
 
 
 class ContinuingItem:
@@ -81,17 +115,21 @@ class _ExpertAware:
     def queue_for(self, request: Request) -> FifoQueue:
         return self.queues[request.queue_expert]
 
-    def fill(self, out: list, budget: int, limit: int) -> int:
+    def fill(self, out: list, budget: int, limit: int, cap=None) -> int:
         queues = self.queues
         while budget > 0 and len(out) < limit:
             # max() returns the first maximal queue, i.e. the lowest expert id on ties.
             largest = max(queues, key=_tokens)
             if largest.tokens == 0:
                 break  # every queue is empty (the printed pseudo-code would loop forever here)
-            if largest.tokens <= budget and len(largest.items) <= limit - len(out):
+            if (largest.tokens <= budget and len(largest.items) <= limit - len(out)
+                    and (cap is None or cap.admits_all(largest.items))):
+                if cap is not None:
+                    for request in largest.items:
+                        cap.take(request)
                 budget -= largest.take_all(out)
                 continue
-            budget = largest.take_prefix(out, budget, limit)
+            budget = largest.take_prefix(out, budget, limit, cap)
             break
         return budget
 
@@ -119,9 +157,9 @@ class _PhaseOrdered:
     def queue_for(self, request: Request) -> FifoQueue:
         return self.prefill if request.state is RequestState.QUEUED else self.decode
 
-    def fill(self, out: list, budget: int, limit: int) -> int:
+    def fill(self, out: list, budget: int, limit: int, cap=None) -> int:
         for queue in self.queues:
-            budget = queue.take_prefix(out, budget, limit)
+            budget = queue.take_prefix(out, budget, limit, cap)
         return budget
 
     def service_order(self, extra=()) -> Iterator[Request]:
@@ -138,8 +176,8 @@ class _Fcfs:
     def queue_for(self, request: Request) -> FifoQueue:
         return self.queue
 
-    def fill(self, out: list, budget: int, limit: int) -> int:
-        return self.queue.take_prefix(out, budget, limit)
+    def fill(self, out: list, budget: int, limit: int, cap=None) -> int:
+        return self.queue.take_prefix(out, budget, limit, cap)
 
     def service_order(self, extra=()) -> Iterator[Request]:
         return itertools.chain(self.queue.items, extra)
@@ -153,14 +191,21 @@ def make_batching(name: str, num_experts: int):
     return _PhaseOrdered(decode_first=(name == "decode-first"))
 
 
-def take_until_full(order, max_batch_tokens: int, max_batch_requests: int | None = None) -> list[Request]:
-    """Items of ``order`` from the start, until one does not fit the tokens left or no slot is left."""
+def take_until_full(order, max_batch_tokens: int, max_batch_requests: int | None = None,
+                    max_batch_experts: int | None = None) -> list[Request]:
+    """Items of ``order`` from the start, until one does not fit the tokens left, no slot is left, or (with
+    ``max_batch_experts``) it would take the batch over its expert cap."""
     taken = []
     budget = max_batch_tokens
     limit = NO_CAP if max_batch_requests is None else max_batch_requests
+    cap = None if max_batch_experts is None else ExpertCap(max_batch_experts)
     for request in order:
         if request.work_tokens > budget or len(taken) >= limit:
             break
+        if cap is not None:
+            if not cap.admits(request):
+                break
+            cap.take(request)
         budget -= request.work_tokens
         taken.append(request)
     return taken

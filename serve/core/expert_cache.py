@@ -143,8 +143,9 @@ class ExpertCache:
     def __contains__(self, key: int) -> bool:
         return key in self.resident
 
-    def access(self, key: int, lookahead: Lookahead = NO_LOOKAHEAD) -> bool:
-        """Access ``key`` (loading it on a miss); returns True on a hit."""
+    def access(self, key: int, lookahead: Lookahead = NO_LOOKAHEAD, protect=frozenset()) -> bool:
+        """Access ``key`` (loading it on a miss); returns True on a hit. ``protect``: keys the eviction may not
+        drop (the real engine's running batch, which needs all its experts resident at once)."""
         counters = self.counters
         counters.accesses += 1
         self.clock += 1
@@ -159,22 +160,25 @@ class ExpertCache:
         self._load(key)
         self.policy.on_access(key, self.clock)
         if len(self.resident) > self.capacity:
-            victim = self.policy.victim(self.resident, lookahead)  # every resident key is a candidate
+            candidates = self.resident if not protect else [k for k in self.resident if k not in protect]
+            if not candidates:
+                raise ServeError(f"cannot load key {key}: all {len(self.resident)} resident keys are protected")
+            victim = self.policy.victim(candidates, lookahead)  # without protect: every resident key
             if victim == key:
                 counters.bypasses += 1
             self._evict(victim)
         return False
 
-    def access_batch(self, keys, lookahead: Lookahead = NO_LOOKAHEAD) -> list[bool]:
+    def access_batch(self, keys, lookahead: Lookahead = NO_LOOKAHEAD, protect=frozenset()) -> list[bool]:
         """Access one batch's keys, resident ones first (step 1); returns hit flags in the order of ``keys``."""
         resident = self.resident
         hits = [key in resident for key in keys]
         for key, hit in zip(keys, hits):
             if hit:
-                self.access(key, lookahead)
+                self.access(key, lookahead, protect)
         for key, hit in zip(keys, hits):
             if not hit:
-                self.access(key, lookahead)
+                self.access(key, lookahead, protect)
         return hits
 
     def prefetch(self, key: int, lookahead: Lookahead = NO_LOOKAHEAD, protect=frozenset()) -> bool:

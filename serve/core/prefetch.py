@@ -33,11 +33,12 @@ def check_mode(mode: str) -> str:
 
 
 def predict_next_experts(
-    service_order: Iterable[Request], max_batch_tokens: int, max_batch_requests: int | None = None
+    service_order: Iterable[Request], max_batch_tokens: int, max_batch_requests: int | None = None,
+    max_batch_experts: int | None = None,
 ) -> list[int]:
     """Steps 1-2: distinct experts of the predicted next batch, in order of first appearance."""
     seen = {}  # a dict keeps first-appearance order
-    for request in take_until_full(service_order, max_batch_tokens, max_batch_requests):
+    for request in take_until_full(service_order, max_batch_tokens, max_batch_requests, max_batch_experts):
         for expert in request.work_experts:
             seen.setdefault(expert)
     return list(seen)

@@ -50,8 +50,8 @@ import heapq
 import itertools
 from collections.abc import Iterator
 
-from serve.core.batching import NO_CAP, ContinuingItem, make_batching, take_until_full
-from serve.core.types import Batch, Request, RequestState, ServeError
+from serve.core.batching import NO_CAP, ContinuingItem, ExpertCap, make_batching, take_until_full
+from serve.core.types import Batch, Request, RequestState, ServeError, prefill_chunks
 
 POLICIES = ("expert-aware", "decode-first", "prefill-first", "fcfs")
 
@@ -66,12 +66,16 @@ class SchedulerConfig:
       max_wait_iterations: starvation bound; an item that has waited this many iterations is scheduled ahead of
         the policy. None disables the bound.
       max_batch_requests: sequence cap; at most this many work items (= sequences) per batch. None: no cap.
+      max_batch_experts: expert cap; a batch touches at most this many distinct experts (the real engine sets
+        it to its number of device slots). With it, prompts are prefilled in chunks that each fit the cap and
+        the token budget (``types.prefill_chunks``). None: no cap.
     """
 
     policy: str = "expert-aware"
     max_batch_tokens: int = 256
     max_wait_iterations: int | None = 64
     max_batch_requests: int | None = None
+    max_batch_experts: int | None = None
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -88,6 +92,18 @@ class SchedulerConfig:
             or self.max_batch_requests < 1
         ):
             raise ServeError(f"max_batch_requests={self.max_batch_requests!r} must be None or a positive integer")
+        if self.max_batch_experts is not None and (
+            not isinstance(self.max_batch_experts, int)
+            or isinstance(self.max_batch_experts, bool)
+            or self.max_batch_experts < 1
+        ):
+            raise ServeError(f"max_batch_experts={self.max_batch_experts!r} must be None or a positive integer")
+
+    def chunks(self, spec):
+        """The prefill chunks of ``spec`` under this config (one chunk, the whole prompt, without an expert cap)."""
+        if self.max_batch_experts is None:
+            return None
+        return prefill_chunks(spec.prompt_experts, self.max_batch_experts, self.max_batch_tokens)
 
     @property
     def slot_limit(self) -> int:
@@ -121,11 +137,15 @@ class Scheduler:
         """Make the request's pending work item (its prefill or its next decode token) ready at ``iteration``."""
         if request.state is RequestState.QUEUED:
             spec = request.spec
-            if spec.prompt_len > self.config.max_batch_tokens:
+            if request.work_tokens > self.config.max_batch_tokens:
                 raise ServeError(
                     f"request {spec.request_id!r}: prompt of {spec.prompt_len} tokens exceeds "
                     f"max_batch_tokens={self.config.max_batch_tokens}, so it could never be scheduled"
                 )
+            cap = self.config.max_batch_experts
+            if cap is not None and len(request.work_experts) > cap:
+                raise ServeError(f"request {spec.request_id!r}: a prefill chunk touches {len(request.work_experts)} "
+                                 f"experts, more than max_batch_experts={cap} (chunk it with Scheduler.config.chunks)")
             low, high = spec.min_expert(), spec.max_expert()
             if low < 0 or high >= self.num_experts:
                 bad = low if low < 0 else high
@@ -157,10 +177,11 @@ class Scheduler:
         limit = self.config.slot_limit
         chosen = []
         bound = self.config.max_wait_iterations
+        cap = None if self.config.max_batch_experts is None else ExpertCap(self.config.max_batch_experts)
         if bound is not None:
-            budget = self._take_overdue(chosen, budget, limit, iteration - bound)
+            budget = self._take_overdue(chosen, budget, limit, iteration - bound, cap)
         num_forced = len(chosen)
-        self._policy.fill(chosen, budget, limit)
+        self._policy.fill(chosen, budget, limit, cap)
         self._num_pending -= len(chosen)
 
         experts = set()
@@ -183,7 +204,7 @@ class Scheduler:
                 experts.add(request.queue_expert)
         return Batch(iteration, tuple(chosen), num_tokens, tuple(sorted(experts)), num_prefill, num_forced)
 
-    def _take_overdue(self, chosen: list, budget: int, limit: int, ready_limit: int) -> int:
+    def _take_overdue(self, chosen: list, budget: int, limit: int, ready_limit: int, cap=None) -> int:
         """Step 1: oldest first, take heads that became ready at or before ``ready_limit``.
 
         A k-way merge over the queues: each queue is ordered by readiness, so a heap of the overdue heads yields
@@ -199,10 +220,12 @@ class Scheduler:
         while heap and len(chosen) < limit:
             queue = queues[heap[0][2]]
             head = queue.items[0]
-            if head.work_tokens > budget:
+            if head.work_tokens > budget or (cap is not None and not cap.admits(head)):
                 break
             chosen.append(queue.pop())
             budget -= head.work_tokens
+            if cap is not None:
+                cap.take(head)
             if queue.items and queue.items[0].ready_iteration <= ready_limit:
                 head = queue.items[0]
                 heapq.heapreplace(heap, (head.ready_iteration, head.index, heap[0][2]))
@@ -255,4 +278,18 @@ class Scheduler:
         end earlier: the walk stops at the first head that does not fit, while ``next_batch`` moves on to the
         other queue.
         """
-        return take_until_full(self.service_order(), self.config.max_batch_tokens, self.config.max_batch_requests)
+        config = self.config
+        return take_until_full(self.service_order(), config.max_batch_tokens, config.max_batch_requests,
+                               config.max_batch_experts)
+
+    def cancel(self, request: Request) -> bool:
+        """Remove ``request``'s pending work item (an aborted request); returns whether it was pending."""
+        for queue in self._policy.queues:
+            if request in queue.items:
+                queue.items.remove(request)
+                queue.tokens -= request.work_tokens
+                self._num_pending -= 1
+                for expert in request.work_experts:
+                    self.pending_by_expert[expert] -= 1
+                return True
+        return False

@@ -51,6 +51,9 @@ class RequestSpec:
       prompt_ids: prompt token ids when known (real routing traces); None for synthetic workloads.
       output_ids: generated token ids when known; None otherwise.
       meta: free-form JSON-compatible annotations (e.g. the text's domain), carried through traces unchanged.
+      live: a request served by the real engine, whose generated tokens (and their experts) are not known in
+        advance: ``output_experts`` starts empty and the engine records the real ones when it finishes. The
+        simulator refuses live specs (it needs the whole future).
     """
 
     request_id: str
@@ -61,11 +64,12 @@ class RequestSpec:
     prompt_ids: tuple[int, ...] | None = None
     output_ids: tuple[int, ...] | None = None
     meta: dict | None = None
+    live: bool = False
 
     def __post_init__(self):
         if not self.prompt_experts:
             raise ServeError(f"request {self.request_id!r}: empty prompt_experts")
-        if not self.output_experts:
+        if not self.output_experts and not self.live:
             raise ServeError(f"request {self.request_id!r}: empty output_experts (at least one generated token)")
         if not self.arrival_s >= 0.0 or self.arrival_s == float("inf"):
             raise ServeError(f"request {self.request_id!r}: arrival_s={self.arrival_s} must be finite and >= 0")
@@ -91,10 +95,30 @@ class RequestSpec:
 
     def max_expert(self) -> int:
         """Largest expert id used anywhere in the request (for range checks)."""
-        return max(max(self.prompt_experts), max(self.output_experts))
+        return max(self.prompt_experts + self.output_experts)
 
     def min_expert(self) -> int:
-        return min(min(self.prompt_experts), min(self.output_experts))
+        return min(self.prompt_experts + self.output_experts)
+
+
+def prefill_chunks(prompt_experts, max_experts: int | None = None, max_tokens: int | None = None):
+    """Split a prompt into consecutive chunks ``(start, end)`` that each touch at most ``max_experts`` distinct
+    experts and hold at most ``max_tokens`` tokens (None: no limit); greedy, so the chunks are as long as the
+    limits allow. Chunked prefill runs each chunk over the KV cache of the ones before it, so a prompt whose
+    tokens need more experts than the device holds is served in several iterations instead of being refused."""
+    chunks = []
+    start = 0
+    experts = set()
+    for i, expert in enumerate(prompt_experts):
+        grows = expert not in experts
+        if (max_experts is not None and grows and len(experts) == max_experts) or (
+            max_tokens is not None and i - start == max_tokens
+        ):
+            chunks.append((start, i))
+            start, experts = i, set()
+        experts.add(expert)
+    chunks.append((start, len(prompt_experts)))
+    return tuple(chunks)
 
 
 class Request:
@@ -120,20 +144,20 @@ class Request:
         "finish_s",
         "max_wait",
         "total_wait",
+        "chunks",
+        "chunk",
     )
 
-    def __init__(self, spec: RequestSpec, index: int):
+    def __init__(self, spec: RequestSpec, index: int, chunks=None):
         self.spec = spec
         self.index = index  # position in the workload; ties are broken by it
         self.state = RequestState.QUEUED
         self.generated = 0
-        self.num_output = spec.num_output_tokens
-        counts = Counter(spec.prompt_experts)
-        self.work_tokens = spec.prompt_len
-        self.work_experts = tuple(sorted(counts))
-        # A prefill is queued under its most frequent prompt expert (lowest id on ties): the autoregressive
-        # router makes a prompt's tokens favour one or a few experts (paper section 6.5).
-        self.queue_expert = min(counts, key=lambda e: (-counts[e], e))
+        self.num_output = spec.max_new_tokens if spec.live else spec.num_output_tokens
+        # The prefill's chunks (``prefill_chunks``); one chunk, the whole prompt, unless a cap splits it.
+        self.chunks = chunks or ((0, spec.prompt_len),)
+        self.chunk = 0
+        self._prefill_work()
         self.ready_iteration = 0
         self.ready_s = spec.arrival_s
         self.first_token_s = None
@@ -141,6 +165,26 @@ class Request:
         # Iterations the request's work items waited between becoming ready and being scheduled.
         self.max_wait = 0
         self.total_wait = 0
+
+    def _prefill_work(self) -> None:
+        start, end = self.chunks[self.chunk]
+        counts = Counter(self.spec.prompt_experts[start:end])
+        self.work_tokens = end - start
+        self.work_experts = tuple(sorted(counts))
+        # A prefill is queued under its most frequent prompt expert (lowest id on ties): the autoregressive
+        # router makes a prompt's tokens favour one or a few experts (paper section 6.5).
+        self.queue_expert = min(counts, key=lambda e: (-counts[e], e))
+
+    @property
+    def last_chunk(self) -> bool:
+        """Whether the pending prefill chunk is the prompt's last (the one that emits the first token)."""
+        return self.chunk == len(self.chunks) - 1
+
+    def next_chunk(self) -> None:
+        """After a non-final chunk ran: the next chunk becomes the pending work item (queued again)."""
+        self.chunk += 1
+        self.state = RequestState.QUEUED
+        self._prefill_work()
 
     @property
     def next_expert(self) -> int:

@@ -61,6 +61,10 @@ class SimConfig:
         temporal-locality guess at the next token, which the router has not gated yet. It sits where the
         scheduler would put that token when it is submitted (``Scheduler.service_order(continuing)``). The
         prefetch planner's predicted next batch is unchanged. Default off: unknown next use = never.
+      protect_batch: the running batch's experts are never evicted while it loads the others (the real
+        engine's rule: a batch runs with all its experts resident). Needs ``scheduler.max_batch_experts`` <= the
+        cache capacity, so that a batch always fits. Default off: a miss may evict a key the batch already used
+        (an abstraction of the layer pipeline, see ``serve.core.expert_cache``).
     """
 
     scheduler: SchedulerConfig
@@ -72,9 +76,15 @@ class SimConfig:
     think_s: float = 0.0
     lookahead_continuing: bool = False
     next_use: NextUseConfig | None = None  # belady-expected's forecast (None: NextUseConfig(), learned online)
+    protect_batch: bool = False
 
     def __post_init__(self):
         check_mode(self.prefetch)
+        if self.protect_batch:
+            cap = self.scheduler.max_batch_experts
+            if self.cache is None or self.cache.unit != "expert" or cap is None or cap > self.cache.capacity:
+                raise ServeError("protect_batch needs an expert-unit cache and scheduler.max_batch_experts <= its "
+                                 "capacity")
         check_concurrency(self.concurrency)
         if not isinstance(self.lookahead_continuing, bool):
             raise ServeError(f"lookahead_continuing={self.lookahead_continuing!r} must be a bool")
@@ -114,7 +124,7 @@ class SimResult:
         return len(self.batch_tokens)
 
 
-def _validate(specs, num_experts: int, check_order: bool = True) -> list[Request]:
+def _validate(specs, num_experts: int, check_order: bool = True, scheduler: SchedulerConfig | None = None):
     requests = []
     seen = set()
     previous = 0.0
@@ -128,11 +138,14 @@ def _validate(specs, num_experts: int, check_order: bool = True) -> list[Request
                 f"{previous}; requests must be in arrival order"
             )
         previous = spec.arrival_s
+        if spec.live:
+            raise ServeError(f"request {spec.request_id!r} is live (its generated tokens are not known yet); the "
+                             "simulator replays recorded requests only")
         low, high = spec.min_expert(), spec.max_expert()
         if low < 0 or high >= num_experts:
             bad = low if low < 0 else high
             raise ServeError(f"request {spec.request_id!r}: expert id {bad} out of range [0, {num_experts})")
-        requests.append(Request(spec, index))
+        requests.append(Request(spec, index, scheduler.chunks(spec) if scheduler is not None else None))
     return requests
 
 
@@ -142,7 +155,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     With ``config.concurrency`` set, the returned requests carry re-stamped copies of their specs (arrival_s =
     issue time); ``specs`` itself is not modified."""
     closed = config.concurrency is not None
-    requests = _validate(specs, num_experts, check_order=not closed)
+    requests = _validate(specs, num_experts, check_order=not closed, scheduler=config.scheduler)
     if config.cache is not None and config.cache.num_experts != num_experts:
         raise ServeError(f"cache num_experts={config.cache.num_experts} differs from the workload's {num_experts}")
     scheduler = Scheduler(config.scheduler, num_experts)
@@ -168,7 +181,8 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     iteration = 0
     next_arrival = 0
     finished = 0
-    carry = []  # requests whose next decode token is ready at the next iteration
+    carry = []  # requests whose next decode token (or next prefill chunk) is ready at the next iteration
+    rechunked = False
     total = len(requests)
     # Requests released so far, in arrival order. Open loop: all of them. Closed loop: the first C, then one more
     # at each completion (completion times never decrease, so the list stays in arrival order).
@@ -180,8 +194,17 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
         arrivals = requests[:issued]
         for request in arrivals:
             _issue(request, 0.0)
+    protect = config.protect_batch
     while finished < total:
-        scheduler.submit_decodes(carry, iteration)  # step 1
+        if rechunked:  # step 1: carry holds decodes and, with chunked prefill, next chunks, in batch order
+            for request in carry:
+                if request.state is RequestState.QUEUED:
+                    scheduler.submit(request, iteration)
+                else:
+                    scheduler.submit_decodes((request,), iteration)
+            rechunked = False
+        else:
+            scheduler.submit_decodes(carry, iteration)
         carry = []
         while next_arrival < len(arrivals) and arrivals[next_arrival].spec.arrival_s <= now:
             scheduler.submit(arrivals[next_arrival], iteration)
@@ -213,7 +236,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
                 view = QueueLookahead(
                     keys, scheduler, num_experts, num_layers if slices else 1, lookahead_items, continuing
                 )
-            missing = _access_batch(cache, keys, view, len(experts))
+            missing = _access_batch(cache, keys, view, len(experts), frozenset(keys) if protect else frozenset())
             if config.prefetch == "next":  # step 4
                 link_ready += _prefetch_next(cache, scheduler, view, keys, cost, slices)
 
@@ -227,6 +250,11 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
         result.batch_prefill.append(batch.num_prefill)
 
         for request in batch.requests:  # step 6
+            if request.state is RequestState.PREFILL and not request.last_chunk:
+                request.next_chunk()  # a non-final chunk emits nothing; the next one is queued
+                carry.append(request)
+                rechunked = True
+                continue
             request.generated += 1
             if request.state is RequestState.PREFILL:
                 request.first_token_s = end
@@ -263,6 +291,8 @@ def _continuing_experts(batch) -> list[int]:
     expert its next token is guessed to use: its current token's expert (a prefill's last prompt token)."""
     experts = []
     for request in batch.requests:
+        if request.state is RequestState.PREFILL and not request.last_chunk:
+            continue  # its next item is a prefill chunk, known exactly once it is queued
         if request.generated + 1 < request.num_output:
             if request.state is RequestState.PREFILL:
                 experts.append(request.spec.prompt_experts[-1])
@@ -282,16 +312,16 @@ def _known_at(batch) -> tuple[int, ...]:
     return tuple(first[e] for e in batch.experts)
 
 
-def _access_batch(cache, keys, view, layer_width: int):
+def _access_batch(cache, keys, view, layer_width: int, protect=frozenset()):
     """Step 3: access the batch's keys, one group per layer for slices; returns the missing slices per layer
     (one int for whole experts, whose misses load every layer)."""
     missing = []
     for start in range(0, len(keys), layer_width):
         if view is not None:
             view.move_to(start + layer_width - 1)
-            hits = cache.access_batch(keys[start : start + layer_width], view)
+            hits = cache.access_batch(keys[start : start + layer_width], view, protect)
         else:
-            hits = cache.access_batch(keys[start : start + layer_width])
+            hits = cache.access_batch(keys[start : start + layer_width], protect=protect)
         missing.append(layer_width - sum(hits))
     return missing[0] if layer_width == len(keys) else missing
 
@@ -299,7 +329,8 @@ def _access_batch(cache, keys, view, layer_width: int):
 def _prefetch_next(cache, scheduler, view, keys, cost, slices: bool) -> float:
     """Step 4: load the predicted next batch's missing keys; returns the seconds they add to the link."""
     limits = scheduler.config
-    predicted = predict_next_experts(scheduler.service_order(), limits.max_batch_tokens, limits.max_batch_requests)
+    predicted = predict_next_experts(scheduler.service_order(), limits.max_batch_tokens, limits.max_batch_requests,
+                                     limits.max_batch_experts)
     protect = frozenset(keys)  # in use by the running batch
     loaded = 0
     for key in plan_prefetch(predicted, cache.resident):
