@@ -91,15 +91,51 @@ class PackedWrite:
 jax.tree_util.register_dataclass(PackedWrite, data_fields=["row_T", "slot_T"], meta_fields=[])
 
 
+@dataclasses.dataclass(frozen=True)
+class RowWrite:
+    """Where B sequences of a shared [R, G, S, K] cache write their L new tokens (the serving engine's layout:
+    one cache row per live sequence, each at its own length).
+
+    Attention reads only the first ``window`` slots of each row (a static bucket covering the longest row of
+    the batch), gathered into [B, G, window, K]; the new entries go into that window and, scattered, into the
+    cache. Rows out of range (>= R, batch padding) and positions out of range (>= S, token padding) are
+    dropped from every write.
+    """
+
+    rows_B: jax.Array  # int32 cache row of each sequence
+    pos_BL: jax.Array  # int32 cache slot (= position) of each new token
+    window: int  # static
+
+
+jax.tree_util.register_dataclass(RowWrite, data_fields=["rows_B", "pos_BL"], meta_fields=["window"])
+
+
+def row_mask(pos_BL, window: int):
+    """[B, L, window]: the token at position q sees slots s <= q of its own row (``RowWrite``'s causal mask)."""
+    return jnp.arange(window)[None, None, :] <= pos_BL[:, :, None]
+
+
 def write_kv(kv, k_BGLK, v_BGLK, write_index):
     """Keys/values to attend over, and the new cache: the L new entries written at ``write_index``.
 
     Without a cache (``kv is None``) the new keys/values are all there is and no cache is returned. With a
     ``PackedWrite`` the packed row attends over its own new keys (the caller's mask keeps prompts apart) and
-    each token's key/value is scattered to its own cache row and slot.
+    each token's key/value is scattered to its own cache row and slot. With a ``RowWrite`` each sequence attends
+    over its own row's window, the new entries included.
     """
     if kv is None:
         return k_BGLK, v_BGLK, None
+    if isinstance(write_index, RowWrite):
+        rows_B, pos_BL, W = write_index.rows_B, write_index.pos_BL, write_index.window
+        B = rows_B.shape[0]
+        out = []
+        for cache, new_BGLK in zip(kv, (k_BGLK, v_BGLK)):
+            new_BLGK = new_BGLK.transpose(0, 2, 1, 3).astype(cache.dtype)
+            window_BGWK = jnp.take(cache[:, :, :W], rows_B, axis=0, mode="clip")
+            window_BGWK = window_BGWK.at[jnp.arange(B)[:, None], :, pos_BL].set(new_BLGK, mode="drop")
+            out.append((window_BGWK, cache.at[rows_B[:, None], :, pos_BL].set(new_BLGK, mode="drop")))
+        (k_win, k_new), (v_win, v_new) = out
+        return k_win, v_win, (k_new, v_new)
     if isinstance(write_index, PackedWrite):
         at = (write_index.row_T, slice(None), write_index.slot_T)
         k_new = kv[0].at[at].set(k_BGLK[0].transpose(1, 0, 2).astype(kv[0].dtype), mode="drop")
