@@ -52,7 +52,7 @@ def build(lm, config) -> Parts:
     slots = config.check_slots(num_experts)
     context = min(contexts)
     device = jax.devices()[0]
-    store = cache = None
+    store = None
     if moe:
         slot_cfg = cfg.replace(n_slots=slots)
         graphdef, abstract = abstract_model(slot_cfg, MoELlama)
@@ -61,18 +61,24 @@ def build(lm, config) -> Parts:
         store = SlotStore.from_full_state(full_paths, full_leaves, slot_paths, slot_abstract, num_experts, slots,
                                           cfg.n_layers, device)
         leaves = store.leaves
-        cache = ExpertCache(slots, make_policy(config.cache_policy, config.seed), store.expert_bytes, store)
         programs = Programs(graphdef, treedef, lm.router_graphdef, router_treedef, moe=True)
     else:
         _, leaves, treedef = leaf_paths(lm.state)
         programs = Programs(lm.graphdef, treedef, moe=False)
     cache_kv = init_cache(cfg, config.max_seqs, context)
     router_kv = init_cache(lm.router.cfg, config.max_seqs, context) if moe else None
+    scheduler, cache, next_use = policy_parts(config, num_experts, slots, store)
+    return Parts(num_experts, slots, context, leaves, router_leaves, cache_kv, router_kv, store, cache, scheduler,
+                 programs, next_use)
+
+
+def policy_parts(config, num_experts: int, slots: int, store):
+    """(scheduler, expert cache or None, next-use model or None) for ``config``: the parts a reset renews."""
     scheduler = Scheduler(SchedulerConfig(policy=config.batching, max_batch_tokens=config.max_batch_tokens,
                                           max_wait_iterations=config.max_wait_iterations,
                                           max_batch_requests=config.max_seqs, max_batch_experts=slots), num_experts)
-    next_use = None
-    if moe and config.cache_policy == EXPECTED:
-        next_use = NextUseConfig().model(num_experts)
-    return Parts(num_experts, slots, context, leaves, router_leaves, cache_kv, router_kv, store, cache, scheduler,
-                 programs, next_use)
+    if store is None:
+        return scheduler, None, None
+    cache = ExpertCache(slots, make_policy(config.cache_policy, config.seed), store.expert_bytes, store)
+    next_use = NextUseConfig().model(num_experts) if config.cache_policy == EXPECTED else None
+    return scheduler, cache, next_use

@@ -18,6 +18,7 @@ One iteration (``Engine.step``) mirrors ``serve.sim.simulate``'s, so the two can
 The engine is not thread-safe: one thread calls ``submit``/``abort``/``step`` (``serve.http.loop`` does).
 """
 
+import dataclasses
 import time
 
 import jax
@@ -73,6 +74,33 @@ class Engine:
         self.record = EngineRecord()
         self.totals = {"stall_s": 0.0, "host_s": 0.0, "device_s": 0.0, "tokens": 0, "finished": 0, "aborted": 0,
                        "failed": 0}
+
+    def reset(self, **changes) -> None:
+        """Start afresh with new policy settings (``EngineConfig`` fields that do not change shapes: the cache
+        policy, batching, prefetch, token budget, starvation bound, lookahead, seed), keeping the compiled
+        programs: every slot is emptied, the counters and the record start from zero. The engine must be idle."""
+        if self.has_work():
+            raise ServeError("reset needs an idle engine (requests are still live)")
+        fixed = ("slots", "max_seqs", "max_context")
+        if any(k in changes and changes[k] != getattr(self.config, k) for k in fixed):
+            raise ServeError(f"reset cannot change {', '.join(fixed)} (they set the programs' shapes); load a new "
+                             "engine")
+        self.config = dataclasses.replace(self.config, **changes)
+        from serve.engine.build import policy_parts
+
+        self.scheduler, self.cache, self._next_use = policy_parts(self.config, self.num_experts, self.slots,
+                                                                  self.store)
+        if self.store is not None:
+            self.store.reset()
+        self.iteration = 0
+        self._issued = 0
+        self.reset_record()
+
+    def reset_record(self) -> None:
+        """A new record and clock (``serve.engine.replay`` calls it at the start of a run)."""
+        self.t0 = time.perf_counter()
+        self.record = EngineRecord()
+        self.totals = {key: 0 if isinstance(value, int) else 0.0 for key, value in self.totals.items()}
 
     # ---- requests -------------------------------------------------------------------------------------------
     def now(self) -> float:

@@ -86,7 +86,8 @@ class SlotStore:
         self._staged: dict[int, list] = {}  # expert -> arrays not yet known to be on the device
         self.bytes_copied = 0
         self.copies = 0
-        self.log: list[StoreLog] = []
+        self.log: list[StoreLog] = []  # what was carried out, with slots
+        self.decisions: list[tuple[int, str, int]] = []  # (iteration, op, expert) in the cache's decision order
         self.iteration = 0
         self.expert_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in bank[0].values())
         self._write_table()
@@ -122,14 +123,25 @@ class SlotStore:
         store.host_memory_kind = host_kind or "numpy"
         return store
 
+    def reset(self) -> None:
+        """Every slot free and every counter zero (the weights in the slots are left; nothing reads them)."""
+        self.slot_of_expert[:] = -1
+        self.expert_of_slot[:] = -1
+        self._ops, self._staged = [], {}
+        self.bytes_copied = self.copies = self.iteration = 0
+        self.log, self.decisions = [], []
+        self._write_table()
+
     # ---- ExpertStore protocol: called by ExpertCache, in decision order ------------------------------------
     def load(self, expert: int) -> None:
         self._check(expert)
         self._ops.append(("load", expert))
+        self.decisions.append((self.iteration, "load", expert))
 
     def evict(self, expert: int) -> None:
         self._check(expert)
         self._ops.append(("evict", expert))
+        self.decisions.append((self.iteration, "evict", expert))
 
     def _check(self, expert: int) -> None:
         if not 0 <= expert < self.num_experts:

@@ -149,11 +149,14 @@ def _validate(specs, num_experts: int, check_order: bool = True, scheduler: Sche
     return requests
 
 
-def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> SimResult:
+def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig, store=None,
+             on_batch=None) -> SimResult:
     """Replay ``specs`` (in arrival order) to completion and return the per-request and per-iteration record.
 
     With ``config.concurrency`` set, the returned requests carry re-stamped copies of their specs (arrival_s =
-    issue time); ``specs`` itself is not modified."""
+    issue time); ``specs`` itself is not modified. ``store``: an ``ExpertStore`` told about every cache load and
+    eviction; ``on_batch``: called with each batch when it is formed (both let the real engine's decisions be
+    compared with the simulator's, ``serve.engine.replay``)."""
     closed = config.concurrency is not None
     requests = _validate(specs, num_experts, check_order=not closed, scheduler=config.scheduler)
     if config.cache is not None and config.cache.num_experts != num_experts:
@@ -162,7 +165,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
     cost = config.cost
     cache = None
     if config.cache is not None:
-        cache = ExpertCache.from_config(config.cache, cost.slice_bytes)
+        cache = ExpertCache.from_config(config.cache, cost.slice_bytes, store)
     slices = config.cache is not None and config.cache.unit == "slice"
     num_layers = cost.num_layers
     # The lookahead is needed only by Belady and by speculative prefetch.
@@ -218,6 +221,8 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig) -> S
         batch = scheduler.next_batch(iteration)  # step 2
         if not batch.requests:
             raise RuntimeError(f"iteration {iteration}: empty batch with {len(scheduler)} items pending")
+        if on_batch is not None:
+            on_batch(batch)
         experts = batch.experts
         if config.record_accesses:
             stream_experts.append(experts)
