@@ -13,7 +13,8 @@ donated, so XLA writes the new entries in place.
   gets every new token's expert with the token.
 
 The model state is passed as its flat list of leaves (the engine swaps slot leaves and the slot table between
-steps; the shapes never change, so nothing recompiles). ``compiles`` counts traces, i.e. compilations.
+steps; the shapes never change, so nothing recompiles). ``compiles`` counts traces, i.e. compilations;
+``shapes`` the distinct shapes called: they are equal when every shape compiled exactly once.
 """
 
 import jax
@@ -32,8 +33,18 @@ class Programs:
         self._graphdef, self._treedef = graphdef, treedef
         self._router = (router_graphdef, router_treedef) if router_graphdef is not None else None
         self._moe = moe
-        self.step = jax.jit(self._step, static_argnames=("window", "sampled"), donate_argnums=(2, 3))
-        self.route = jax.jit(self._route, static_argnames=("window",), donate_argnums=(1,))
+        self.shapes = set()  # every (program, input shapes, static args) called: one compile each, no more
+        self._step_jit = jax.jit(self._step, static_argnames=("window", "sampled"), donate_argnums=(2, 3))
+        self._route_jit = jax.jit(self._route, static_argnames=("window",), donate_argnums=(1,))
+
+    def step(self, leaves, router_leaves, cache, rcache, tokens_BL, *arrays, window: int, sampled: bool):
+        self.shapes.add(("step", tokens_BL.shape, window, sampled))
+        return self._step_jit(leaves, router_leaves, cache, rcache, tokens_BL, *arrays, window=window,
+                              sampled=sampled)
+
+    def route(self, router_leaves, rcache, tokens_BL, *arrays, window: int):
+        self.shapes.add(("route", tokens_BL.shape, window))
+        return self._route_jit(router_leaves, rcache, tokens_BL, *arrays, window=window)
 
     def _model(self, leaves):
         return nnx.merge(self._graphdef, jax.tree_util.tree_unflatten(self._treedef, leaves))
