@@ -1,4 +1,4 @@
-"""DEVELOPMENT ONLY, until serve.engine lands: an engine with the contract's interface and a byte tokenizer."""
+"""A mock engine for the HTTP layer's own tests (the scheduler loop, back-pressure, protocol): the real engine's interface, a byte tokenizer and a scripted output; tests/serve/http/test_real_engine.py runs the server over the real one."""
 
 import dataclasses
 import time
