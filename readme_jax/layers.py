@@ -127,13 +127,14 @@ def write_kv(kv, k_BGLK, v_BGLK, write_index):
         return k_BGLK, v_BGLK, None
     if isinstance(write_index, RowWrite):
         rows_B, pos_BL, W = write_index.rows_B, write_index.pos_BL, write_index.window
-        B = rows_B.shape[0]
         out = []
         for cache, new_BGLK in zip(kv, (k_BGLK, v_BGLK)):
-            new_BLGK = new_BGLK.transpose(0, 2, 1, 3).astype(cache.dtype)
-            window_BGWK = jnp.take(cache[:, :, :W], rows_B, axis=0, mode="clip")
-            window_BGWK = window_BGWK.at[jnp.arange(B)[:, None], :, pos_BL].set(new_BLGK, mode="drop")
-            out.append((window_BGWK, cache.at[rows_B[:, None], :, pos_BL].set(new_BLGK, mode="drop")))
+            # Write first, then read the window from the written cache: the gather then depends on the scatter,
+            # so XLA updates the donated cache in place (reading the old cache beside the write made it copy
+            # the whole cache every step: measured 0.6 s per decode step for 16 rows x 2048 slots).
+            cache = cache.at[rows_B[:, None], :, pos_BL].set(new_BGLK.transpose(0, 2, 1, 3).astype(cache.dtype),
+                                                             mode="drop")
+            out.append((jnp.take(cache[:, :, :W], rows_B, axis=0, mode="clip"), cache))
         (k_win, k_new), (v_win, v_new) = out
         return k_win, v_win, (k_new, v_new)
     if isinstance(write_index, PackedWrite):

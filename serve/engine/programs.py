@@ -13,8 +13,8 @@ donated, so XLA writes the new entries in place.
   gets every new token's expert with the token.
 
 The model state is passed as its flat list of leaves (the engine swaps slot leaves and the slot table between
-steps; the shapes never change, so nothing recompiles). ``compiles`` counts traces, i.e. compilations;
-``shapes`` the distinct shapes called: they are equal when every shape compiled exactly once.
+steps; the shapes never change, so nothing recompiles). ``compiles`` counts compiled executables, ``shapes``
+the distinct shapes called: they are equal when every shape compiled exactly once.
 """
 
 import jax
@@ -29,13 +29,23 @@ class Programs:
     """The jitted ``route`` and ``step`` of one engine (its graphdefs and state layouts are static)."""
 
     def __init__(self, graphdef, treedef, router_graphdef=None, router_treedef=None, moe: bool = True):
-        self.compiles = 0
+        self.traces = 0
         self._graphdef, self._treedef = graphdef, treedef
         self._router = (router_graphdef, router_treedef) if router_graphdef is not None else None
         self._moe = moe
         self.shapes = set()  # every (program, input shapes, static args) called: one compile each, no more
         self._step_jit = jax.jit(self._step, static_argnames=("window", "sampled"), donate_argnums=(2, 3))
         self._route_jit = jax.jit(self._route, static_argnames=("window",), donate_argnums=(1,))
+
+    @property
+    def compiles(self) -> int:
+        """Executables compiled so far. A trace is not enough to count: the same trace compiles again when an
+        input's placement changes (an uncommitted array where a committed one was), so the engine commits every
+        leaf to the device when it is built and this counts jit's executables."""
+        try:
+            return self._step_jit._cache_size() + self._route_jit._cache_size()
+        except AttributeError:  # a jax without the private counter
+            return self.traces
 
     def step(self, leaves, router_leaves, cache, rcache, tokens_BL, *arrays, window: int, sampled: bool):
         self.shapes.add(("step", tokens_BL.shape, window, sampled))
@@ -54,7 +64,7 @@ class Programs:
         return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
 
     def _route(self, router_leaves, rcache, tokens_BL, pos_BL, write_BL, rows_B, *, window: int):
-        self.compiles += 1  # runs only while tracing
+        self.traces += 1  # runs only while tracing
         router = self._router_model(router_leaves)
         x_BLD, rcache = router.hidden(tokens_BL, pos_BL, None, rcache, RowWrite(rows_B, write_BL, window),
                                       mask_BLS=row_mask(pos_BL, window))
@@ -69,7 +79,7 @@ class Programs:
         ``emit_B``: rows whose sampled token is kept (a non-final prefill chunk's is not, so the router must not
         see it); ``sampling``: (temperature, top_k, top_p, greedy, seed, step) per row.
         """
-        self.compiles += 1
+        self.traces += 1
         model = self._model(leaves)
         B = tokens_BL.shape[0]
         route = experts_BL if self._moe else None

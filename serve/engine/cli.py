@@ -1,0 +1,86 @@
+"""``readme-jax bench-engine``: the real engine on a workload, one row per (capacity, batching, cache)."""
+
+import json
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench-engine", help="replay a workload through the real serving engine for each policy pair",
+                       description="Serve a workload (held-out domain text, or a routing trace's prompts) with the "
+                                   "real engine at each capacity and (batching, cache) pair, closed loop or open "
+                                   "loop; print one table of measured hit ratio, bytes moved, distinct experts per "
+                                   "batch, latency percentiles, throughput, stall and host time.")
+    b.add_argument("--model", required=True, help="a Read-ME MoE folder (or 'default' with --trace)")
+    b.add_argument("--slots", default="2,3", help="device expert slots C, comma-separated (default 2,3)")
+    b.add_argument("--pairs", default="expert-aware/belady,expert-aware/lru,decode-first/belady,decode-first/lru",
+                   help="BATCHING/CACHE pairs, comma-separated")
+    b.add_argument("--prefetch", default="next", help="engine prefetch mode: next or none (default next)")
+    b.add_argument("--trace", default=None, help="a JSONL routing trace whose prompts to serve (default: held-out "
+                                                  "text of the model's domains)")
+    b.add_argument("--requests", type=int, default=48, help="requests in the workload (default 48)")
+    b.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per request (default 24)")
+    b.add_argument("--concurrency", type=int, default=16,
+                   help="closed-loop clients (default 16); 0 for open loop at the trace's arrival times")
+    b.add_argument("--max-seqs", type=int, default=16, help="live sequences (KV rows) (default 16)")
+    b.add_argument("--max-batch-tokens", type=int, default=256, help="tokens per iteration (default 256)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--calibrate", action="store_true",
+                   help="fit the simulator's cost constants to the measured iterations and compare its latency")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    b.add_argument("--save", default=None, help="also write the JSON result to this path")
+    b.add_argument("--plot", default=None, help="write a PNG of latency and hit ratio per run")
+    b.set_defaults(func=run_bench_engine)
+
+
+def run_bench_engine(args) -> int:
+    import jax
+
+    from readme_jax import atomic
+    from readme_jax.errors import ReadmeJaxError
+    from serve.engine import Engine
+    from serve.engine import bench
+
+    slots = [int(s) for s in args.slots.split(",") if s.strip()]
+    pairs = bench.parse_pairs(args.pairs)
+    for name in ("requests", "max_new_tokens", "max_seqs"):
+        if getattr(args, name) < 1:
+            raise ReadmeJaxError(f"--{name.replace('_', '-')} must be >= 1")
+    concurrency = args.concurrency or None
+    rows, workload = [], None
+    for c in slots:
+        engine = Engine.load(args.model, slots=c, batching=pairs[0][0], cache_policy=pairs[0][1],
+                             max_seqs=args.max_seqs, prefetch=args.prefetch, max_batch_tokens=args.max_batch_tokens)
+        if workload is None:
+            workload = (bench.trace_workload(args.trace, args.max_new_tokens, args.requests) if args.trace else
+                        bench.heldout_workload(engine, args.requests, args.max_new_tokens, args.seed))
+        rows += bench.run_pairs(engine, workload, pairs, concurrency, args.prefetch)
+        if args.calibrate:
+            engine_rows = [r for r in rows if r["slots"] == c]
+            cost, r2 = bench.calibrate(engine_rows, engine.cfg.n_layers, engine.store.expert_bytes if engine.store
+                                       else 0)
+            for row in engine_rows:
+                row["calibration"] = {"r2": r2, **{k: getattr(cost, k) for k in (
+                    "step_overhead_s", "token_s", "expert_s", "link_bytes_per_s")}}
+                row["simulated"] = bench.simulated(engine, row, concurrency, cost)
+    device = jax.devices()[0]
+    result = {"model": args.model, "device": f"{device.platform} {device.device_kind}", "jax": jax.__version__,
+              "requests": len(workload), "max_new_tokens": args.max_new_tokens, "concurrency": concurrency,
+              "rows": bench.jsonable(rows)}
+    if args.plot:
+        result["plot"] = str(bench.plot(rows, args.plot))
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.save:
+        atomic.write_text(args.save, text)
+    if args.json:
+        print(text)
+    else:
+        print(f"{result['device']}, jax {result['jax']}: {len(workload)} requests, {args.max_new_tokens} new tokens, "
+              f"{'closed loop x' + str(concurrency) if concurrency else 'open loop'}")
+        print(bench.table(rows))
+        for row in rows:
+            if "calibration" in row:
+                cal = row["calibration"]
+                print(f"calibrated (C={row['slots']}): overhead {1e3 * cal['step_overhead_s']:.2f} ms, token "
+                      f"{1e6 * cal['token_s']:.0f} us, expert {1e3 * cal['expert_s']:.2f} ms, link "
+                      f"{cal['link_bytes_per_s'] / 1e9:.2f} GB/s, R^2 {cal['r2']:.2f}")
+                break
+    return 0
