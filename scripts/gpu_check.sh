@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU check in one call (at most 8 minutes): the gpu-marked tests, the grouped-matmul benchmark and the
-# generation benchmark, each writing JSON into the folder given as the first argument.
+# One GPU check in one call (at most 8 minutes): the gpu-marked tests, the grouped-matmul benchmark, the
+# generation benchmark and the serving engine check, each writing JSON into the folder given as the first argument.
 #
 #   scripts/gpu_check.sh OUT_DIR [MODEL]
 #
@@ -45,5 +45,9 @@ ep = importlib.metadata.EntryPoint(name="bench", value="readme_jax.commands.benc
 args = ["bench", "generate", "--model", sys.argv[1], "--no-hf", "--repeats", "2", "--json"]
 sys.exit(cli.main(args, entry_points=[ep]))
 PYEOF
+# The serving engine on the device: H2D bandwidth (pinned_host vs numpy), copy/compute overlap, and a closed-loop
+# run at two capacities x {belady, lru} on a random MoE large enough for real transfers.
+timeout 180 "$PY" scripts/gpu_engine_check.py > "$OUT/engine_check.json" 2> "$OUT/engine_check.err" || status=1
+
 echo "gpu_check: status $status; files in $OUT"
 exit $status

@@ -216,3 +216,31 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def overhead(lm, engine, prompt_ids, new_tokens: int = 64, repeats: int = 3) -> dict:
+    """Decode tokens/s of one request alone: ``lm.generate`` (an on-device loop) against the engine (one host
+    round trip, scheduler and cache step per token) with every expert resident; best of ``repeats`` after a
+    warm-up of each. ``engine`` must hold every expert (slots = E)."""
+
+    from readme_jax.generate import SamplingParams
+
+    if engine.slots != engine.num_experts:
+        raise ServeError("the overhead check needs every expert resident (slots = E)")
+    params = SamplingParams(max_new_tokens=new_tokens)
+    best_lm = best_engine = math.inf
+    lm_tokens = engine_tokens = 0
+    for rep in range(repeats + 1):
+        timings = {}
+        lm.generate_ids([prompt_ids], params, timings=timings)
+        engine.reset()
+        engine.generate_ids([prompt_ids], params)
+        rec = engine.record
+        decode_s = sum(rec.batch_duration_s[1:])  # the first iteration is the prefill
+        if rep:  # rep 0 warms both up (compiles, first loads)
+            best_lm = min(best_lm, timings["decode_s"] / max(timings["new_tokens"] - 1, 1))
+            best_engine = min(best_engine, decode_s / max(len(rec.batch_duration_s) - 1, 1))
+            lm_tokens, engine_tokens = timings["new_tokens"], len(rec.batch_duration_s)
+    return {"lm_generate_tokens_per_s": 1 / best_lm, "engine_tokens_per_s": 1 / best_engine,
+            "ratio": best_lm / best_engine, "new_tokens": new_tokens, "lm_tokens": lm_tokens,
+            "engine_tokens": engine_tokens, "prompt_tokens": len(prompt_ids)}

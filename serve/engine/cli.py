@@ -25,6 +25,9 @@ def register(sub) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--calibrate", action="store_true",
                    help="fit the simulator's cost constants to the measured iterations and compare its latency")
+    b.add_argument("--overhead", action="store_true",
+                   help="also measure one request alone with every expert resident: decode tokens/s of the engine "
+                        "against lm.generate's on-device loop")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     b.add_argument("--save", default=None, help="also write the JSON result to this path")
     b.add_argument("--plot", default=None, help="write a PNG of latency and hit ratio per run")
@@ -61,10 +64,18 @@ def run_bench_engine(args) -> int:
                 row["calibration"] = {"r2": r2, **{k: getattr(cost, k) for k in (
                     "step_overhead_s", "token_s", "expert_s", "link_bytes_per_s")}}
                 row["simulated"] = bench.simulated(engine, row, concurrency, cost)
+    if args.overhead:
+        import readme_jax
+
+        engine = Engine.load(args.model, max_seqs=args.max_seqs)
+        prompt = list(max(workload, key=lambda spec: len(spec.prompt_ids)).prompt_ids)
+        overhead = bench.overhead(readme_jax.load(args.model), engine, prompt, new_tokens=64)
     device = jax.devices()[0]
     result = {"model": args.model, "device": f"{device.platform} {device.device_kind}", "jax": jax.__version__,
               "requests": len(workload), "max_new_tokens": args.max_new_tokens, "concurrency": concurrency,
               "rows": bench.jsonable(rows)}
+    if args.overhead:
+        result["overhead"] = overhead
     if args.plot:
         result["plot"] = str(bench.plot(rows, args.plot))
     text = json.dumps(result, indent=2, sort_keys=True)
@@ -83,4 +94,9 @@ def run_bench_engine(args) -> int:
                       f"{1e6 * cal['token_s']:.0f} us, expert {1e3 * cal['expert_s']:.2f} ms, link "
                       f"{cal['link_bytes_per_s'] / 1e9:.2f} GB/s, R^2 {cal['r2']:.2f}")
                 break
+        if args.overhead:
+            o = result["overhead"]
+            print(f"one request alone, every expert resident ({o['prompt_tokens']}-token prompt, {o['new_tokens']} "
+                  f"new): engine {o['engine_tokens_per_s']:.1f} tok/s, lm.generate {o['lm_generate_tokens_per_s']:.1f}"
+                  f" tok/s, ratio {o['ratio']:.2f}")
     return 0
