@@ -222,14 +222,14 @@ class Engine:
             admitted.append(seq)
         if not admitted:
             return
-        routed = [s for s in admitted if s.forced is None]
         experts = {}
-        if routed and self.programs is not None and self._router_leaves is not None:
-            arrays = inputs.route_inputs(routed, self.context, self.config.max_seqs)
-            out, self._router_kv = self.programs.route(self._router_leaves, self._router_kv, *arrays[:-1],
-                                                       window=arrays[-1])
-            out = np.asarray(out)
-            experts = {s.request_id: tuple(int(e) for e in out[b, :len(s.prompt)]) for b, s in enumerate(routed)}
+        if self._router_leaves is not None:
+            for seq in admitted:  # one prompt per call: its shape is then one of a few token buckets
+                if seq.forced is None:
+                    arrays = inputs.route_inputs([seq], self.context, self.config.max_seqs)
+                    out, self._router_kv = self.programs.route(self._router_leaves, self._router_kv, *arrays[:-1],
+                                                               window=arrays[-1])
+                    experts[seq.request_id] = tuple(int(e) for e in np.asarray(out)[0, :len(seq.prompt)])
         for seq in admitted:
             try:
                 self._enter(seq, experts.get(seq.request_id))

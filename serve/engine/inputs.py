@@ -22,13 +22,20 @@ class Group:
 
 
 def groups(batch) -> list[Group]:
-    prefill = tuple(r for r in batch.requests if r.state is RequestState.PREFILL)
+    """One call per prefill chunk, then one for all the decodes. Prefills are not batched: their shapes (rows x
+    tokens x window) would multiply the compiled programs, and on the demo model the XLA CPU executables of a
+    few hundred shapes exhausted the process's memory mappings; one row each keeps it to tokens x window."""
+    prefill = [Group((r,), True) for r in batch.requests if r.state is RequestState.PREFILL]
     decode = tuple(r for r in batch.requests if r.state is not RequestState.PREFILL)
-    return [g for g in (Group(prefill, True), Group(decode, False)) if g.requests]
+    return prefill + ([Group(decode, False)] if decode else [])
+
+
+MIN_WINDOW = 64  # attention windows start here: fewer shapes, and a 64-slot window costs a decode step little
 
 
 def _window(last_position: int, context: int) -> int:
-    return min(bucket(last_position + 2), context)  # + 1 for the router's slot, + 1 to count from 0
+    # + 1 for the router's slot, + 1 to count from 0
+    return min(max(bucket(last_position + 2), MIN_WINDOW), context)
 
 
 def step_inputs(group: Group, seqs, context: int, rows: int):
@@ -94,7 +101,7 @@ def route_inputs(seqs, context: int, rows: int):
         tokens[b, :k] = seq.prompt
         write[b, :k] = np.arange(k)
         row_ids[b] = seq.row
-    return tokens, pos, write, row_ids, min(bucket(longest), context)
+    return tokens, pos, write, row_ids, min(max(bucket(longest), MIN_WINDOW), context)
 
 
 def check_forced(spec, prompt, num_experts: int) -> None:
