@@ -197,6 +197,7 @@ def plot(rows, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
+    path.chmod(0o644)  # the temporary file was private
     return path
 
 
