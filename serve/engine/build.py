@@ -82,7 +82,8 @@ def policy_parts(config, num_experts: int, slots: int, store):
     """(scheduler, expert cache or None, next-use model or None) for ``config``: the parts a reset renews."""
     scheduler = Scheduler(SchedulerConfig(policy=config.batching, max_batch_tokens=config.max_batch_tokens,
                                           max_wait_iterations=config.max_wait_iterations,
-                                          max_batch_requests=config.max_seqs, max_batch_experts=slots), num_experts)
+                                          max_batch_requests=config.max_seqs,
+                                          max_batch_experts=config.max_batch_experts or slots), num_experts)
     if store is None:
         return scheduler, None, None
     cache = ExpertCache(slots, make_policy(config.cache_policy, config.seed), store.expert_bytes, store)

@@ -22,6 +22,8 @@ def register(sub) -> None:
                    help="closed-loop clients (default 16); 0 for open loop at the trace's arrival times")
     b.add_argument("--max-seqs", type=int, default=16, help="live sequences (KV rows) (default 16)")
     b.add_argument("--max-batch-tokens", type=int, default=256, help="tokens per iteration (default 256)")
+    b.add_argument("--max-batch-experts", type=int, default=None,
+                   help="distinct experts per batch (default: C); below C the cache policy gets a choice")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--calibrate", action="store_true",
                    help="fit the simulator's cost constants to the measured iterations and compare its latency")
@@ -51,7 +53,8 @@ def run_bench_engine(args) -> int:
     rows, workload = [], None
     for c in slots:
         engine = Engine.load(args.model, slots=c, batching=pairs[0][0], cache_policy=pairs[0][1],
-                             max_seqs=args.max_seqs, prefetch=args.prefetch, max_batch_tokens=args.max_batch_tokens)
+                             max_seqs=args.max_seqs, prefetch=args.prefetch, max_batch_tokens=args.max_batch_tokens,
+                             max_batch_experts=args.max_batch_experts)
         if workload is None:
             workload = (bench.trace_workload(args.trace, args.max_new_tokens, args.requests) if args.trace else
                         bench.heldout_workload(engine, args.requests, args.max_new_tokens, args.seed))

@@ -23,6 +23,8 @@ class EngineConfig:
       max_context: cache slots per sequence (prompt + generated tokens), at most the model's (and router's)
         context.
       lookahead_items: pending items Belady's lookahead scans.
+      max_batch_experts: distinct experts one batch may touch (None: C, the most the slots allow). Below C,
+        the slots the batch does not need give the eviction policy a choice on every miss.
       seed: the random policy's seed.
     """
 
@@ -36,6 +38,7 @@ class EngineConfig:
     max_context: int = 2048
     lookahead_items: int | None = 1024
     seed: int = 0
+    max_batch_experts: int | None = None
 
     def __post_init__(self):
         if self.cache_policy not in POLICY_NAMES:
@@ -57,4 +60,7 @@ class EngineConfig:
         slots = num_experts if self.slots is None else self.slots
         if not 1 <= slots <= num_experts:
             raise ServeError(f"slots={slots} must be between 1 and the model's {num_experts} experts")
+        cap = self.max_batch_experts
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= slots):
+            raise ServeError(f"max_batch_experts={cap!r} must be between 1 and slots={slots}")
         return slots

@@ -85,7 +85,9 @@ class Engine:
         if any(k in changes and changes[k] != getattr(self.config, k) for k in fixed):
             raise ServeError(f"reset cannot change {', '.join(fixed)} (they set the programs' shapes); load a new "
                              "engine")
-        self.config = dataclasses.replace(self.config, **changes)
+        config = dataclasses.replace(self.config, **changes)
+        config.check_slots(self.num_experts)
+        self.config = config
         from serve.engine.build import policy_parts
 
         self.scheduler, self.cache, self._next_use = policy_parts(self.config, self.num_experts, self.slots,

@@ -127,15 +127,17 @@ def test_teacher_forced_engine_equals_the_simulator(engines, prompts):
     assert [s.request_id for s in trace] == [s.request_id for s in specs]
     for slots, batching, policy, prefetch in ((1, "expert-aware", "belady", "next"), (2, "decode-first", "lru", "next"),
                                               (2, "expert-aware", "belady-expected", "none"),
-                                              (2, "fcfs", "lfu", "next")):
+                                              (2, "fcfs", "lfu", "next"), (4, "expert-aware", "belady", "next")):
         engine = engines[slots]
-        engine.reset(batching=batching, cache_policy=policy, prefetch=prefetch)
+        cap = 2 if slots == 4 else None  # a cap below C: the policy chooses among the spare slots
+        engine.reset(batching=batching, cache_policy=policy, prefetch=prefetch, max_batch_experts=cap)
         record = replay(engine, trace, concurrency=3, teacher_forced=True)
         sim, batches, decisions = simulate_like(engine, trace, 3)
         assert record.batch_requests == batches
         assert engine.store.decisions == decisions
         assert record.cache.as_dict() == sim.cache.as_dict()
         assert [r.generated for r in record.requests] == [s.num_output_tokens for s in trace]
+    engines[4].reset(max_batch_experts=None)
 
 
 def test_a_prompt_needing_more_experts_than_slots_is_prefilled_in_chunks(engines, prompts, reference):
@@ -190,6 +192,8 @@ def test_bad_input_is_a_clear_error_before_any_work(lm, engines):
     for slots in (0, 5):
         with pytest.raises(ServeError, match="slots"):
             Engine(lm, EngineConfig(slots=slots))
+    with pytest.raises(ServeError, match="max_batch_experts"):
+        Engine(lm, EngineConfig(slots=2, max_batch_experts=3))
     engine = engines[2]
     engine.reset()
     with pytest.raises(ServeError, match="context"):
