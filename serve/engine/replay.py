@@ -32,18 +32,17 @@ def replay(engine, specs, concurrency: int | None = None, teacher_forced: bool =
     if concurrency is not None:
         due = [(0.0, i) for i in pending[:concurrency]]
         pending = pending[concurrency:]
-    by_id = {}
     done = 0
     while done < len(specs):
         now = engine.now()
         if concurrency is None:
             while pending and specs[pending[0]].arrival_s <= now:
                 position = pending.pop(0)
-                _issue(engine, specs, position, specs[position].arrival_s, teacher_forced, by_id)
+                _issue(engine, specs, position, specs[position].arrival_s, teacher_forced)
         else:
             for item in [d for d in due if d[0] <= now]:
                 due.remove(item)
-                _issue(engine, specs, item[1], item[0], teacher_forced, by_id)
+                _issue(engine, specs, item[1], item[0], teacher_forced)
         if not engine.has_work():
             wake = specs[pending[0]].arrival_s if concurrency is None and pending else min(
                 (d[0] for d in due), default=now)
@@ -62,7 +61,7 @@ def replay(engine, specs, concurrency: int | None = None, teacher_forced: bool =
     return record
 
 
-def _issue(engine, specs, position: int, at: float, teacher_forced: bool, by_id) -> None:
+def _issue(engine, specs, position: int, at: float, teacher_forced: bool) -> None:
     spec = specs[position]
     if teacher_forced:
         if spec.output_ids is None:
@@ -73,7 +72,6 @@ def _issue(engine, specs, position: int, at: float, teacher_forced: bool, by_id)
         forced = None
         params = SamplingParams(max_new_tokens=spec.max_new_tokens)
     engine.submit(spec.prompt_ids, params, request_id=spec.request_id, arrival_s=at, forced=forced, index=position)
-    by_id[spec.request_id] = position
 
 
 class _Recorder:
