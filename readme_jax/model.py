@@ -17,12 +17,9 @@ MLP and head, and the same KV cache (``init_cache``).
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 from readme_jax import layers
 from readme_jax.config import LlamaConfig
-
-REMAT_SAVED = "block_output"  # the one activation per block that per-block rematerialisation keeps
 
 # Logical sharding axes of every parameter, by attribute name (used by the training mesh rules).
 LOGICAL_AXES = {
@@ -108,6 +105,42 @@ class Block(nnx.Module):
         return x_BLD, new_kv
 
 
+def rematerialised(block, x_BLD, cos_BLK, sin_BLK, mask_BLS, route):
+    """One block's cache-less forward whose backward keeps only the block's inputs and recomputes its insides
+    (attention scores, MLP intermediates), so a training step holds one block's activations at a time instead
+    of every block's.
+
+    Why not ``jax.checkpoint``: it saves the right residuals, but XLA's CPU pipeline drops optimization
+    barriers before common-subexpression elimination, which then merges each recomputed block with its forward:
+    the compiled temporaries stayed those of every block (tests/train/test_plan.py), 274 GB per device for the
+    paper preset's expert step. So the backward recomputes the block from ``x + 0 * g`` (g: the cotangent
+    arriving from the block above), a value no compiler can identify with the forward's input, and which orders
+    the recomputation after the gradient has reached the block; the optimization barrier does the same where a
+    backend keeps it. ``0 * g`` is exactly zero unless g holds inf or NaN, when the gradient is lost anyway.
+    """
+    graphdef, state = nnx.split(block)
+
+    def run(state, x_BLD, cos_BLK, sin_BLK, mask_BLS, route):
+        out_BLD, _ = nnx.merge(graphdef, state)(x_BLD, cos_BLK, sin_BLK, mask_BLS, None, 0, route, None)
+        return out_BLD
+
+    @jax.custom_vjp
+    def remat_run(*args):
+        return run(*args)
+
+    def forward(*args):
+        return run(*args), args
+
+    def backward(args, g_BLD):
+        args, g_BLD = jax.lax.optimization_barrier((args, g_BLD))
+        state, x_BLD, *rest = args
+        x_BLD = x_BLD + 0.0 * g_BLD[:1, :1, :1].astype(x_BLD.dtype)
+        return jax.vjp(run, state, x_BLD, *rest)[1](g_BLD)
+
+    remat_run.defvjp(forward, backward)
+    return remat_run(state, x_BLD, cos_BLK, sin_BLK, mask_BLS, route)
+
+
 class Decoder(nnx.Module):
     """Embedding, causal blocks over an explicit KV cache, final RMSNorm: what the Llama and the router share.
 
@@ -126,7 +159,7 @@ class Decoder(nnx.Module):
         raise NotImplementedError
 
     def hidden(self, tokens_BL, pos_BL, kv_valid_BS, cache=None, write_index=0, route=None, x_BLD=None,
-               probe=None, mask_BLS=None):
+               probe=None, mask_BLS=None, remat=False):
         """Final-norm hidden states [B, L, D] and the updated cache.
 
         Args:
@@ -154,22 +187,24 @@ class Decoder(nnx.Module):
         new_cache = []
         for n, block in enumerate(self.blocks):
             kv = None if cache is None else cache[n]
-            x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route, probe)
-            # Named so a rematerialising training step can keep only the residual stream between blocks
-            # (``REMAT_SAVED``); a no-op everywhere else.
-            x_BLD = checkpoint_name(x_BLD, REMAT_SAVED)
+            if remat and cache is None and probe is None:
+                x_BLD = rematerialised(block, x_BLD, cos_BLK, sin_BLK, mask_BLS, route)
+            else:
+                x_BLD, kv = block(x_BLD, cos_BLK, sin_BLK, mask_BLS, kv, write_index, route, probe)
             new_cache.append(kv)
         x_BLD = layers.rms_norm(x_BLD, self.final_norm_D[...], self.cfg.rms_eps)
         return x_BLD, (None if cache is None else tuple(new_cache))
 
-    def __call__(self, tokens_BL, pos_BL=None, kv_valid_BS=None, route=None):
-        """Full causal forward without a cache: ``head`` of the final hidden states (fp32)."""
+    def __call__(self, tokens_BL, pos_BL=None, kv_valid_BS=None, route=None, remat=False):
+        """Full causal forward without a cache: ``head`` of the final hidden states (fp32).
+
+        ``remat``: rematerialise each block in the backward pass (see ``rematerialised``)."""
         B, L = tokens_BL.shape
         if pos_BL is None:
             pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
         if kv_valid_BS is None:
             kv_valid_BS = jnp.ones((B, L), bool)
-        x_BLD, _ = self.hidden(tokens_BL, pos_BL, kv_valid_BS, route=route)
+        x_BLD, _ = self.hidden(tokens_BL, pos_BL, kv_valid_BS, route=route, remat=remat)
         return self.head(x_BLD)
 
 

@@ -82,18 +82,7 @@ class StepSpec:
     n_layers: int
     n_specific: int  # neurons in each expert-specific set (reference form)
     compute_dtype: str = "float32"
-    remat: bool = False  # recompute each block's insides in the backward pass, keeping only block outputs
-
-
-def maybe_remat(spec: StepSpec, loss_fn):
-    """``loss_fn`` under per-block rematerialisation when ``spec.remat``: the backward keeps the residual stream
-    between blocks (``readme_jax.model.REMAT_SAVED``) and recomputes everything inside a block, so activation
-    memory is one block's instead of all blocks'. Costs about one extra forward."""
-    if not spec.remat:
-        return loss_fn
-    from readme_jax.model import REMAT_SAVED
-
-    return jax.checkpoint(loss_fn, policy=jax.checkpoint_policies.save_only_these_names(REMAT_SAVED))
+    remat: bool = False  # recompute each block's insides in the backward pass (readme_jax.model.rematerialised)
 
 
 def teacher_targets(spec: StepSpec, backbone_gd, teacher_params, ones_masks, tokens_BL, masks_NEF, permanent_NF):
@@ -147,10 +136,10 @@ def make_router_step(spec: StepSpec, router_gd, tx, shardings=None):
 
             def loss_fn(params):
                 router = nnx.merge(router_gd, cast_compute(params, jnp.dtype(spec.compute_dtype)))
-                logits_BLE = router(tokens_BL)
+                logits_BLE = router(tokens_BL, remat=spec.remat)
                 return distill_loss(spec, logits_BLE, scores_ZBLE, valid_BL), logits_BLE
 
-            (loss, logits_BLE), g = jax.value_and_grad(maybe_remat(spec, loss_fn), has_aux=True)(router_params)
+            (loss, logits_BLE), g = jax.value_and_grad(loss_fn, has_aux=True)(router_params)
             hit = jnp.sum((jnp.argmax(logits_BLE, axis=-1) == label_BL) & valid_BL)
             return jax.tree.map(jnp.add, grads, g), (loss, hit, jnp.sum(valid_BL))
 
@@ -181,9 +170,9 @@ def make_expert_step(spec: StepSpec, router_gd, backbone_gd, tx, shardings=None)
             def loss_fn(train_params):
                 params = nnx.merge_state(cast_compute(train_params, dt), cast_compute(frozen, dt))
                 model = nnx.merge(backbone_gd, params, masks)
-                return losses.lm_loss(model(tokens_BL, route=route_BL), tokens_BL, valid_BL)
+                return losses.lm_loss(model(tokens_BL, route=route_BL, remat=spec.remat), tokens_BL, valid_BL)
 
-            loss, g = jax.value_and_grad(maybe_remat(spec, loss_fn))(trainable)
+            loss, g = jax.value_and_grad(loss_fn)(trainable)
             usage_E = jnp.bincount(route_BL.reshape(-1), length=masks_NEF_width(masks))
             return jax.tree.map(jnp.add, grads, g), (loss, usage_E)
 
