@@ -51,6 +51,11 @@ def register(sub) -> None:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--save", default=None, help="also write the JSON result to this path")
     b.add_argument("--plot", default=None, help="write a PNG of the latency distributions to this path")
+    b.add_argument("--overhead", default=None, metavar="MODEL",
+                   help="instead of --url: load MODEL ('default' or a MoE folder) here, serve it on loopback and "
+                        "compare one streaming request alone over HTTP with the same engine in process")
+    b.add_argument("--slots", type=int, default=None, help="with --overhead: device expert slots (default: all)")
+    b.add_argument("--repeats", type=int, default=3, help="with --overhead: timed runs each way (default 3)")
     b.set_defaults(func=run_bench_serve)
 
 
@@ -71,6 +76,8 @@ def run_serve(args) -> int:
 def run_bench_serve(args) -> int:
     from serve.http import bench
 
+    if args.overhead:
+        return run_overhead(args)
     result = bench.run_from_args(args)
     if args.save:
         from readme_jax import atomic
@@ -84,4 +91,21 @@ def run_bench_serve(args) -> int:
         print(bench.format_table(result))
         if args.plot:
             print(f"plot written to {result['plot']}", file=sys.stderr)
+    return 0
+
+
+def run_overhead(args) -> int:
+    from serve.engine import Engine
+    from serve.http import bench, overhead
+
+    engine = Engine.load(args.overhead, slots=args.slots, max_seqs=1, seed=args.seed)
+    prompt = bench.workload(args.workload, 1, args.prompt_tokens, args.max_tokens, args.seed)[0][0]
+    ids = prompt if isinstance(prompt, list) else engine.tokenizer.encode(prompt, add_special_tokens=True)
+    result = overhead.measure(engine, ids, args.max_tokens, args.repeats)
+    result.update(model=args.overhead, slots=engine.slots, experts=engine.num_experts)
+    if args.save:
+        from readme_jax import atomic
+
+        atomic.write_text(args.save, json.dumps(result, indent=2, sort_keys=True))
+    print(json.dumps(result, sort_keys=True) if args.json else overhead.format_table(result))
     return 0

@@ -48,3 +48,21 @@ def test_metrics_report_the_engines_cache_counters(served):
     assert metric_value(text, "readme:expert_cache_hits_total") + metric_value(
         text, "readme:expert_cache_misses_total") > 0
     assert metric_value(text, "readme:expert_bytes_moved_total") % stats["expert_bytes"] == 0
+
+
+def test_overhead_check_times_the_same_request_both_ways(tmp_path):
+    """``bench-serve --overhead``: the same greedy request in process and over a loopback server gives the same
+    number of tokens both ways, the engine is handed back intact, and the table states the ratio."""
+    import readme_jax
+    from serve.engine import Engine
+    from serve.http import overhead
+
+    folder = str(tiny_moe_folder(tmp_path / "moe"))
+    engine = Engine.load(folder, slots=4, max_seqs=1)
+    ids = engine.tokenizer.encode(PROMPT, add_special_tokens=True)
+    result = overhead.measure(engine, ids, max_tokens=N, repeats=1)
+    assert result["output_tokens"] == N and len(result["in_process_tpot_ms"]) == 2
+    assert len(result["http_tpot_ms"]) == 1
+    assert result["ratio"] == pytest.approx(result["http_tokens_per_s"] / result["in_process_tokens_per_s"])
+    assert "HTTP / in process" in overhead.format_table(result)
+    assert engine.generate([PROMPT], max_new_tokens=N) == [readme_jax.load(folder).generate(PROMPT, max_new_tokens=N)]
