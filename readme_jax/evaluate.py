@@ -46,10 +46,11 @@ class Routes:
 
 
 def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str, np.ndarray],
-             batch_size: int = 4, progress: bool = True, trained=None):
+             batch_size: int = 4, progress: bool = True, trained=None, pruned_tuned=None):
     """(report dict, Routes). ``blocks``: held-out [n, L] per domain, in expert order.
 
     ``trained``: None, or a ``MoELM`` with a router (the output of ``readme-jax train``) sharing the masks.
+    ``pruned_tuned``: None, or the one-expert ``MoELM`` of ``readme-jax train --baseline pruned``.
     """
     from readme_jax.lm import jax_to_numpy
 
@@ -60,7 +61,8 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     moe = nnx.split(build_moe(cfg, dense_pure, masks_NEF, "sliced", domains))
     pruned = nnx.split(build_moe(cfg, dense_pure, pruned_N1F, "sliced", ["pruned"]))
     k = int(masks_NEF[0, 0].sum())
-    names = ("dense", "pruned_dense", "moe_oracle", "moe_domain") + (("moe_router",) if trained else ())
+    names = ("dense", "pruned_dense") + (("pruned_tuned",) if pruned_tuned else ()) + (
+        "moe_oracle", "moe_domain") + (("moe_router",) if trained else ())
     nll = {name: {} for name in names}
     records = {"layer": [], "oracle": [], "domain": [], "position": [], "router": []}
     total = sum(len(b) for b in blocks.values())
@@ -83,6 +85,9 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
                 "moe_domain": oracle.routed_nll(*moe, batch, domain_ch),
                 "pruned_dense": oracle.routed_nll(*pruned, batch, np.zeros_like(domain_ch)),
             }
+            if pruned_tuned is not None:
+                results["pruned_tuned"] = oracle.routed_nll(pruned_tuned.graphdef, pruned_tuned.state, batch,
+                                                            np.zeros_like(domain_ch))
             if trained is not None:
                 router_ch = trained.route(batch)
                 results["moe_router"] = oracle.routed_nll(trained.graphdef, trained.state, batch, router_ch)
@@ -106,7 +111,7 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     report = {
         "perplexity": {key: {dom: math.exp(v) for dom, v in per.items()} for key, per in nll.items()},
         "active_params": {"dense": cfg.num_params(), "pruned_dense": moe_cfg.active_params(),
-                          "moe": moe_cfg.active_params()},
+                          "moe": moe_cfg.active_params()},  # pruned_tuned: as pruned_dense
         "total_params": {"dense": cfg.num_params(), "pruned_dense": moe_cfg.active_params(),
                          "moe": moe_cfg.total_params(duplicated=True),
                          "moe_unique": moe_cfg.total_params(duplicated=False)},

@@ -109,8 +109,11 @@ def _read_router(folder: Path, fields: dict, get, has):
     return cfg, fill(pure)
 
 
-def read_moe_folder(folder: Path, dtype: str = "float32") -> dict:
-    """Everything in a Read-ME folder: dense cfg + pure weights, expert masks, pruned masks, fields, tokenizer."""
+def read_moe_folder(folder: Path, dtype: str = "float32", weights: bool = True) -> dict:
+    """Everything in a Read-ME folder: dense cfg + pure weights, expert masks, pruned masks, fields, tokenizer.
+
+    ``weights=False`` reads the dense weights' embedding only (``dense_pure = {"embed_VD": ...}``): for callers
+    that load the rest sharded (``readme_jax.sharded_load``)."""
     from readme_jax import tokenizer as tok
     from readme_jax.hf_import import load_hf
     from readme_jax.weights import hf_to_pure
@@ -137,7 +140,11 @@ def read_moe_folder(folder: Path, dtype: str = "float32") -> dict:
             out.append(m)
         return np.stack(out)
 
-    return {"cfg": cfg, "dense_pure": hf_to_pure(cfg, get, has), "masks_NEF": masks(mask_name, E, "expert mask"),
+    if weights:
+        dense_pure = hf_to_pure(cfg, get, has)
+    else:
+        dense_pure = {"embed_VD": np.asarray(get("model.embed_tokens.weight"))}
+    return {"cfg": cfg, "dense_pure": dense_pure, "masks_NEF": masks(mask_name, E, "expert mask"),
             "router": _read_router(folder, fields, get, has),
             "pruned_N1F": masks(pruned_name, 1, "pruned mask") if has(pruned_name(0)) else None,
             "domains": domains, "keep_ratio": keep, "source": fields.get("source"),

@@ -12,6 +12,9 @@ def register(sub):
                    help="override a preset field (repeatable), e.g. --set rounds=4 --set distill=reference")
     p.add_argument("--fresh", action="store_true", help="discard <workdir>/train (checkpoints, metrics) first")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many global steps (checkpointed)")
+    p.add_argument("--baseline", default=None, choices=["pruned"],
+                   help="tune the pruned-dense baseline instead, with the expert stages' exact budget "
+                        "(<workdir>/pruned_tuned; `readme-jax eval` reports it as pruned_tuned)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
 
@@ -43,7 +46,7 @@ def run(args) -> int:
     sharding.maybe_initialize_distributed()
     sharding.print_topology()
     summary = train(cfg, args.workdir, args.moe, fresh=args.fresh, stop_after=args.stop_after,
-                    progress=not args.json)
+                    progress=not args.json, baseline=args.baseline)
     if args.json:
         print(json.dumps(summary, default=str))
         return 0

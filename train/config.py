@@ -95,7 +95,7 @@ PRESETS = {
     "paper": TrainConfig(preset="paper", rounds=8, router_steps=100, expert_steps=200, router_batch=64,
                          expert_batch=128, micro_batch=8, seq_len=4096, router_lr=5e-4, expert_lr=5e-5,
                          kl_tau=0.02, teacher="dense", expert_params="experts", compute_dtype="bfloat16",
-                         warmup_frac=0.0,
+                         warmup_frac=0.0, remat=True, mesh="fsdp=-1",  # fits 80 GB devices: docs/training.md
                          blocks_per_domain=4096, doc_chars=0, save_every=50, max_to_keep=3),
     "default": TrainConfig(),
     "tiny": TrainConfig(preset="tiny", rounds=2, router_steps=3, expert_steps=2, router_batch=8, expert_batch=8,

@@ -86,6 +86,9 @@ class Setup:
     stream: object  # train.data.BlockStream
     fingerprint: dict
     out_dir: Path
+    # False: the router stages only move the data position past the blocks they would have read, so the
+    # expert stages see exactly the blocks of a full run (the pruned-dense baseline, ``train --baseline``).
+    train_router: bool = True
 
 
 def _flat(tree) -> dict:
@@ -225,7 +228,7 @@ class Trainer:
     def run(self, resume: bool = True, stop_after: int | None = None) -> dict:
         """Train; ``stop_after`` global steps ends the run early with a checkpoint (for resume tests)."""
         cfg, plan = self.cfg, schedule(self.cfg)
-        total = sum(n for _, _, n in plan)
+        total = sum(n for _, stage, n in plan if stage == "expert" or self.s.train_router)
         g, data_pos, opt, where = 0, 0, None, (0, 0)  # where = (index into plan, step within stage)
         latest = self._latest_step() if resume else None
         if latest is not None:
@@ -244,6 +247,9 @@ class Trainer:
             for pi in range(where[0], len(plan)):
                 rnd, stage, n_steps = plan[pi]
                 first = where[1] if pi == where[0] else 0
+                if stage == "router" and not self.s.train_router:
+                    data_pos += cfg.router_batch * (n_steps - first)
+                    continue
                 if first == 0:
                     opt = self._start_stage(stage)
                 batch = cfg.router_batch if stage == "router" else cfg.expert_batch

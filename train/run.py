@@ -21,16 +21,21 @@ from train.loop import Setup, Trainer
 
 
 def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, progress: bool = True,
-            domains=None):
+            domains=None, baseline: str | None = None):
     """(Setup, parts of the MoE folder, router config), every input checked before any work starts.
 
     ``domains``: a DomainSet to read training text from (default: the registry's domains named by the folder).
+    ``baseline="pruned"``: the folder's pruned-dense model instead (one "expert": the pruned neurons), under
+    the same data, steps and schedule; see ``train``.
     """
+    from jax.sharding import NamedSharding
+
     from readme_jax.corpus_blocks import select_domains
     from readme_jax.moe import NeuronMask
     from readme_jax.moe_io import is_moe_folder, read_moe_folder
     from readme_jax.refactor import build_moe
     from readme_jax.router import RouterConfig, init_router
+    from readme_jax.sharded_load import load_hf_sharded
     from train import sharding
     from train.data import load_stream
 
@@ -39,13 +44,25 @@ def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, pro
         raise ReadmeJaxError(f"{folder}: no Read-ME MoE folder; run `readme-jax refactor` first")
     from train.loop import make_train_mesh
 
-    sharding.check_batch(cfg.micro_batch, make_train_mesh(cfg))
-    parts = read_moe_folder(folder)
+    mesh = make_train_mesh(cfg)
+    sharding.check_batch(cfg.micro_batch, mesh)
+    parts = read_moe_folder(folder, weights=False)
+    if baseline == "pruned":
+        if parts["pruned_N1F"] is None:
+            raise ReadmeJaxError(f"{folder}: no pruned-dense masks (written by `readme-jax refactor`)")
+        parts = {**parts, "masks_NEF": parts["pruned_N1F"], "experts": ("pruned",), "router": None}
+    elif baseline is not None:
+        raise ReadmeJaxError(f"baseline={baseline!r}: the only baseline is 'pruned'")
     dense_cfg, masks_NEF = parts["cfg"], parts["masks_NEF"]
     if cfg.seq_len > dense_cfg.max_seq_len:
         raise ReadmeJaxError(f"seq_len={cfg.seq_len} exceeds the model's max_seq_len={dense_cfg.max_seq_len}")
     E = masks_NEF.shape[1]
-    model = build_moe(dense_cfg, parts["dense_pure"], masks_NEF, "masked", parts["domains"], parts["keep_ratio"])
+    # Each process reads only its devices' blocks of each weight, straight into the training shardings: no
+    # host holds the whole backbone (the masked MoE's parameters are the dense model's, by name).
+    _, dense_params = load_hf_sharded(folder, lambda path, shape: NamedSharding(
+        mesh, sharding.logical_spec(sharding.PARAM_AXES[path[-1]], shape, mesh)))
+    model = build_moe(dense_cfg, dense_params, masks_NEF, "masked", parts.get("experts", parts["domains"]),
+                      parts["keep_ratio"])
     backbone_gd, params, masks = nnx.split(model, nnx.Param, NeuronMask)
     overrides = {"mlp": cfg.router_mlp, "max_seq_len": max(cfg.seq_len, dense_cfg.max_seq_len)}
     if cfg.router_d_model:
@@ -71,23 +88,37 @@ def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, pro
                              "expert_width": int(masks_NEF[0, 0].sum()), "domains": list(parts["domains"])},
                    "train": cfg.fingerprint(), "router": dataclasses.asdict(router_cfg),
                    "data_blocks": len(stream)}
+    if baseline:
+        fingerprint["baseline"] = baseline
     setup = Setup(cfg, backbone_gd, params, masks, router_gd, router_params, masks_NEF, stream, fingerprint,
-                  workdir / "train")
+                  workdir / ("train_pruned" if baseline else "train"), train_router=baseline is None)
     return setup, parts, router_cfg
 
 
 def train(cfg: TrainConfig, workdir, moe_folder=None, *, resume: bool = True, fresh: bool = False,
-          stop_after: int | None = None, export: bool = True, progress: bool = True, domains=None) -> dict:
-    """Run (or resume) training; returns the summary dict (also written to ``train/summary.json``)."""
+          stop_after: int | None = None, export: bool = True, progress: bool = True, domains=None,
+          baseline: str | None = None) -> dict:
+    """Run (or resume) training; returns the summary dict (also written to ``train/summary.json``).
+
+    ``baseline="pruned"``: the fair baseline of the MoE. The pruned-dense model (the folder's pruned neurons,
+    as many active parameters as one expert path) is tuned with exactly the expert stages' budget: the same
+    rounds, steps, batches, blocks of text, learning-rate schedule and trained parameters. The router stages
+    are skipped (one expert: nothing to route) but step over the blocks they would have read. Work in
+    ``<workdir>/train_pruned``, export to ``<workdir>/pruned_tuned``, which ``readme-jax eval`` reports as
+    ``pruned_tuned``.
+    """
     from readme_jax.moe_io import save_moe
     from train import sharding
 
     workdir = Path(workdir)
-    setup, parts, router_cfg = prepare(cfg, workdir, moe_folder, progress, domains)
+    setup, parts, router_cfg = prepare(cfg, workdir, moe_folder, progress, domains, baseline)
     if fresh and sharding.is_primary() and setup.out_dir.exists():
         shutil.rmtree(setup.out_dir)
     sharding.barrier("readme-jax: fresh work folder")  # no process may see the old checkpoints
-    if progress and sharding.is_primary():
+    if progress and sharding.is_primary() and baseline:
+        print(f"baseline {baseline}: the pruned-dense model, {cfg.rounds} rounds x {cfg.expert_steps} expert steps "
+              f"on the blocks the MoE's expert stages read; expert stage trains {cfg.expert_params}")
+    elif progress and sharding.is_primary():
         print(f"router: {router_cfg.num_params():,} params (d_model={router_cfg.d_model}, mlp={router_cfg.mlp}); "
               f"{cfg.rounds} rounds x ({cfg.router_steps} router + {cfg.expert_steps} expert steps), "
               f"distill={cfg.distill}, teacher={cfg.teacher}, expert stage trains {cfg.expert_params}")
@@ -107,10 +138,10 @@ def train(cfg: TrainConfig, workdir, moe_folder=None, *, resume: bool = True, fr
                "router_params": router_cfg.num_params(), "training_blocks": len(setup.stream)}
     summary.update(metric_summary(setup.out_dir / "metrics.jsonl"))
     if export:
-        out = save_moe(workdir / "moe_trained", parts["cfg"], dense_pure, parts["masks_NEF"], parts["domains"],
-                       parts["keep_ratio"], parts["tokenizer"], report={"training": summary},
-                       pruned_N1F=parts["pruned_N1F"], router=(router_cfg, router_pure),
-                       source=parts.get("source"))
+        out = save_moe(workdir / ("pruned_tuned" if baseline else "moe_trained"), parts["cfg"], dense_pure,
+                       parts["masks_NEF"], parts.get("experts", parts["domains"]), parts["keep_ratio"],
+                       parts["tokenizer"], report={"training": summary}, pruned_N1F=parts["pruned_N1F"],
+                       router=None if baseline else (router_cfg, router_pure), source=parts.get("source"))
         summary["exported"] = str(out)
     from train.plots import plot_metrics
 

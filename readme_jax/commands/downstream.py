@@ -35,16 +35,7 @@ def _task_data(items) -> dict:
     return out
 
 
-def _pruned_tuned(args, workdir: Path):
-    import readme_jax
-    from readme_jax.commands.pipeline import optional_folder
-
-    path = optional_folder(args.pruned_tuned, workdir / "pruned_tuned",
-                           "no tuned pruned-dense folder (from `readme-jax train --baseline pruned`)")
-    return None if path is None else readme_jax.load(str(path))
-
-
-def run(args, parts, trained, workdir: Path) -> int:
+def run(args, parts, trained, workdir: Path, pruned_tuned=None) -> int:
     from readme_jax.tasks import registry
     from readme_jax.tasks.fetch import data_root
     from readme_jax.tasks.run import evaluate_tasks, model_kinds
@@ -62,7 +53,7 @@ def run(args, parts, trained, workdir: Path) -> int:
     if not root.is_dir() and any(t not in task_data for t in tasks):
         raise ReadmeJaxError(f"{root}: no downstream eval sets here; run `make setup` (or `python -m "
                              "readme_jax.tasks.fetch`), or pass --data / --task-data")
-    kinds = model_kinds(parts, trained, _pruned_tuned(args, workdir))
+    kinds = model_kinds(parts, trained, pruned_tuned)
     report = evaluate_tasks(kinds, tasks, parts["tokenizer"], root, task_data, args.limit, args.max_len,
                             progress=not args.json)
     report["machine"] = f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip()

@@ -121,15 +121,16 @@ def run_eval(args) -> int:
     if parts["pruned_N1F"] is None:
         raise ReadmeJaxError(f"{folder}: no pruned-dense masks (written by `readme-jax refactor`)")
     trained = _trained_folder(args, workdir, parts)
+    pruned_tuned = _pruned_tuned_folder(args, workdir, parts)
     if args.tasks is not None:
         from readme_jax.commands import downstream
 
-        return downstream.run(args, parts, trained, workdir)
+        return downstream.run(args, parts, trained, workdir, pruned_tuned)
     lm = LM(build_model(parts["cfg"], parts["dense_pure"]), parts["tokenizer"], source=str(folder))
     domains = select_domains(parts["domains"])
     blocks = domain_blocks(lm.tokenizer, domains, "heldout", args.block_len, args.blocks, args.doc_chars)
     report, routes = evaluate(lm, parts["masks_NEF"], parts["pruned_N1F"], blocks, batch_size=args.batch_size,
-                              progress=not args.json, trained=trained)
+                              progress=not args.json, trained=trained, pruned_tuned=pruned_tuned)
     if trained is not None:
         report["trained_folder"] = trained.source
     out = workdir / "eval"
@@ -173,6 +174,23 @@ def optional_folder(value: str | None, default: Path, missing: str) -> Path | No
     if value:
         raise ReadmeJaxError(f"{path}: {missing}")
     return None
+
+
+def _pruned_tuned_folder(args, workdir: Path, parts):
+    """The tuned pruned-dense baseline (``train --baseline pruned``, one expert) or None."""
+    import numpy as np
+
+    import readme_jax
+
+    path = optional_folder(args.pruned_tuned, workdir / "pruned_tuned",
+                           "no tuned pruned-dense folder (from `readme-jax train --baseline pruned`)")
+    if path is None:
+        return None
+    lm = readme_jax.load(str(path))
+    if not np.array_equal(lm.masks_NEF, parts["pruned_N1F"]):
+        raise ReadmeJaxError(f"{path}: its neurons differ from {workdir / 'moe'}'s pruned-dense baseline; it was "
+                             "tuned from another refactoring")
+    return lm
 
 
 def _trained_folder(args, workdir: Path, parts):

@@ -147,6 +147,42 @@ def test_full_run_exports_a_loadable_moe_with_router(full_run):
     assert (work / "train" / "loss.png").stat().st_size > 0
 
 
+def test_pruned_baseline_tunes_on_the_expert_stages_blocks_with_their_schedule(tmp_path, moe_folder, full_run):
+    """``train --baseline pruned``: the pruned-dense model gets the expert stages' steps, learning rates and
+    blocks of text (its first loss is the untuned pruned model's loss on the blocks the full run's first
+    expert step read), and exports a one-expert folder that loads."""
+    import readme_jax
+    from readme_jax.moe_io import read_moe_folder
+    from readme_jax.refactor import build_moe
+    from train.run import prepare
+
+    work, _ = full_run
+    summary = _train(tmp_path, moe_folder, baseline="pruned")
+    full = [json.loads(line) for line in (work / "train" / "metrics.jsonl").read_text().splitlines()]
+    base = [json.loads(line) for line in (tmp_path / "train_pruned" / "metrics.jsonl").read_text().splitlines()]
+    experts = [r for r in full if r["stage"] == "expert"]
+    assert summary["global_steps"] == len(base) == len(experts) == 4
+    assert [(r["round"], r["step"], r["lr"]) for r in base] == [(r["round"], r["step"], r["lr"]) for r in experts]
+    assert all(r["stage"] == "expert" and r["expert_usage"] == [1.0] for r in base)
+
+    cfg = make_config("tiny", ["devices=1", "mesh=data=1"])
+    setup, _, _ = prepare(cfg, tmp_path / "probe", moe_folder, progress=False, domains=fixture_source())
+    tokens, _, _ = setup.stream.take(cfg.router_steps * cfg.router_batch, cfg.expert_batch)
+    parts = read_moe_folder(moe_folder)
+    pruned = build_moe(parts["cfg"], parts["dense_pure"], parts["pruned_N1F"], "masked", ["pruned"])
+    tokens = jnp.asarray(tokens, jnp.int32)
+    want = losses.lm_loss(pruned(tokens, route=jnp.zeros(tokens.shape, jnp.int32)), tokens,
+                          jnp.ones(tokens.shape, bool))
+    assert base[0]["loss"] == pytest.approx(float(want), rel=1e-5)
+
+    lm = readme_jax.load(str(tmp_path / "pruned_tuned"))
+    assert lm.cfg.n_experts == 1 and lm.router is None
+    ids = np.arange(4, 20)[None]
+    assert np.isfinite(lm.logits(ids, np.zeros_like(ids))).all()
+    with pytest.raises(ReadmeJaxError, match="only baseline"):
+        _train(tmp_path / "bad", moe_folder, baseline="nope")
+
+
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, moe_folder, full_run):
     import readme_jax
 
@@ -284,6 +320,9 @@ def test_a_sliced_backbone_is_refused(tmp_path, moe_folder):
 
     cfg = make_config("tiny", ["devices=1", "mesh=data=1"])
     setup, parts, _ = prepare(cfg, tmp_path, moe_folder, progress=False, domains=fixture_source())
-    sliced = refactor.build_moe(parts["cfg"], parts["dense_pure"], parts["masks_NEF"], "sliced")
+    from readme_jax.moe_io import read_moe_folder
+
+    dense_pure = read_moe_folder(moe_folder)["dense_pure"]  # prepare read only the embedding on the host
+    sliced = refactor.build_moe(parts["cfg"], dense_pure, parts["masks_NEF"], "sliced")
     with pytest.raises(ReadmeJaxError, match="needs the masked form of the MoE, got the sliced form"):
         Trainer(dataclasses.replace(setup, params=nnx.state(sliced, nnx.Param)), progress=False)
