@@ -54,6 +54,15 @@ def engine():
     yield eng
 
 
+@pytest.fixture(scope="session")
+def real_engine(tmp_path_factory):
+    """The real engine over a tiny random Read-ME MoE with 2 of its 4 experts on the device (what the load and
+    fuzz tests serve: a small model, not a mock)."""
+    from serve.engine import Engine
+
+    return Engine.load(str(tiny_moe_folder(tmp_path_factory.mktemp("served") / "moe")), slots=2, max_seqs=4)
+
+
 class StreamTally:
     """Counts an SSE stream's token chunks as its lines arrive: ``feed`` returns True on a token chunk."""
 

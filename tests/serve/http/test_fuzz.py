@@ -104,8 +104,8 @@ def _check(response, seen, key=None):
     seen[response.status_code] += 1
 
 
-def test_fuzz_1000_hostile_requests_all_4xx_then_a_good_one(engine):
-    eng = engine
+def test_fuzz_1000_hostile_requests_all_4xx_then_a_good_one(real_engine):
+    eng = real_engine
     with live_server(eng, max_body_bytes=MAX_BODY) as (url, state), httpx.Client(base_url=url, timeout=30) as client:
         model = state.model_name
         seen = collections.Counter()
