@@ -79,7 +79,6 @@ def _metrics(workdir):
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
 
-@pytest.mark.slow  # about 3 minutes of CPU: five processes train in turn (make test-all runs it)
 def test_two_processes_train_like_one_and_share_checkpoints(tmp_path, moe_folder):
     import readme_jax
 
