@@ -64,6 +64,8 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     names = ("dense", "pruned_dense") + (("pruned_tuned",) if pruned_tuned else ()) + (
         "moe_oracle", "moe_domain") + (("moe_router",) if trained else ())
     nll = {name: {} for name in names}
+    agree = {name: {} for name in names if name != "dense"}  # top-1 next-token agreement with the dense model
+    kl = {name: {} for name in names if name != "dense"}  # mean KL(dense || kind) per next-token position
     records = {"layer": [], "oracle": [], "domain": [], "position": [], "router": []}
     total = sum(len(b) for b in blocks.values())
     bar = tqdm(total=total, desc="evaluating", unit="block", disable=not progress)
@@ -79,21 +81,26 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
             dense_nll, overlap = oracle.teacher_step(lm.graphdef, lm.state, batch, masks_NEF, k)
             layer_ch, oracle_ch = (np.asarray(a) for a in oracle.oracle_choices(overlap))
             domain_ch = np.full(batch.shape, d, np.int32)
-            results = {
-                "dense": dense_nll,
-                "moe_oracle": oracle.routed_nll(*moe, batch, oracle_ch),
-                "moe_domain": oracle.routed_nll(*moe, batch, domain_ch),
-                "pruned_dense": oracle.routed_nll(*pruned, batch, np.zeros_like(domain_ch)),
+            ref = oracle.dense_logp(lm.graphdef, lm.state, batch)
+            zeros = np.zeros_like(domain_ch)
+            results = {  # kind -> (nll, top-1 agreement with dense, KL(dense || kind)), each [B, L-1]
+                "moe_oracle": oracle.routed_vs_dense(*moe, batch, oracle_ch, ref),
+                "moe_domain": oracle.routed_vs_dense(*moe, batch, domain_ch, ref),
+                "pruned_dense": oracle.routed_vs_dense(*pruned, batch, zeros, ref),
             }
             if pruned_tuned is not None:
-                results["pruned_tuned"] = oracle.routed_nll(pruned_tuned.graphdef, pruned_tuned.state, batch,
-                                                            np.zeros_like(domain_ch))
+                results["pruned_tuned"] = oracle.routed_vs_dense(pruned_tuned.graphdef, pruned_tuned.state, batch,
+                                                                 zeros, ref)
             if trained is not None:
                 router_ch = trained.route(batch)
-                results["moe_router"] = oracle.routed_nll(trained.graphdef, trained.state, batch, router_ch)
+                results["moe_router"] = oracle.routed_vs_dense(trained.graphdef, trained.state, batch, router_ch,
+                                                               ref)
                 records["router"].append(router_ch[:n].reshape(-1))
-            for key, value in results.items():
-                sums[key] += float(np.asarray(value)[:n].astype(np.float64).sum())
+            sums["dense"] += float(np.asarray(dense_nll)[:n].astype(np.float64).sum())
+            for key, (nll_BL, agree_BL, kl_BL) in results.items():
+                sums[key] += float(np.asarray(nll_BL)[:n].astype(np.float64).sum())
+                agree[key][name] = agree[key].get(name, 0.0) + float(np.asarray(agree_BL)[:n].sum())
+                kl[key][name] = kl[key].get(name, 0.0) + float(np.asarray(kl_BL)[:n].astype(np.float64).sum())
             count += n * (batch.shape[1] - 1)
             records["layer"].append(layer_ch[:, :n].reshape(cfg.n_layers, -1))
             records["oracle"].append(oracle_ch[:n].reshape(-1))
@@ -103,6 +110,9 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
             bar.update(n)
         for key in nll:
             nll[key][name] = sums[key] / count
+        for key in agree:
+            agree[key][name] /= count
+            kl[key][name] /= count
     bar.close()
     E = masks_NEF.shape[1]
     from readme_jax.moe import MoEConfig
@@ -110,6 +120,8 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     moe_cfg = MoEConfig.from_dense(cfg, n_experts=E, expert_width=k)
     report = {
         "perplexity": {key: {dom: math.exp(v) for dom, v in per.items()} for key, per in nll.items()},
+        "agreement_with_dense": agree,
+        "kl_to_dense": kl,
         "active_params": {"dense": cfg.num_params(), "pruned_dense": moe_cfg.active_params(),
                           "moe": moe_cfg.active_params()},  # pruned_tuned: as pruned_dense
         "total_params": {"dense": cfg.num_params(), "pruned_dense": moe_cfg.active_params(),

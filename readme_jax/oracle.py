@@ -69,6 +69,26 @@ def routed_nll(graphdef, state, tokens_BL, expert_id_BL):
     return next_token_nll(logits, tokens_BL)
 
 
+@partial(jax.jit, static_argnums=0)
+def dense_logp(graphdef, state, tokens_BL):
+    """The dense model's next-token log-probabilities for tokens[1:]: [B, L-1, V] fp32."""
+    logits_BLV = nnx.merge(graphdef, state)(tokens_BL)
+    return jax.nn.log_softmax(logits_BLV[:, :-1].astype(jnp.float32), axis=-1)
+
+
+@partial(jax.jit, static_argnums=0)
+def routed_vs_dense(graphdef, state, tokens_BL, expert_id_BL, dense_logp_BLV):
+    """A routed (or dense, ``expert_id_BL`` None) model against the dense one, per next-token position
+    [B, L-1]: (its NLL, whether its top-1 token is the dense model's, KL(dense || model) in nats)."""
+    model = nnx.merge(graphdef, state)
+    logits_BLV = model(tokens_BL) if expert_id_BL is None else model(tokens_BL, route=expert_id_BL)
+    logp_BLV = jax.nn.log_softmax(logits_BLV[:, :-1].astype(jnp.float32), axis=-1)
+    nll_BL = -jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
+    agree_BL = jnp.argmax(logp_BLV, axis=-1) == jnp.argmax(dense_logp_BLV, axis=-1)
+    kl_BL = jnp.sum(jnp.exp(dense_logp_BLV) * (dense_logp_BLV - logp_BLV), axis=-1)
+    return nll_BL, agree_BL, kl_BL
+
+
 def oracle_choices(overlap_NBLE):
     """(per-layer choices [N, B, L], summed-over-layers choice [B, L]); ties go to the lower index."""
     return jnp.argmax(overlap_NBLE, axis=-1), jnp.argmax(overlap_NBLE.sum(axis=0), axis=-1)

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 
 from readme_jax.errors import ReadmeJaxError
-from train.losses import DISTILL_FORMS, KL_DIRECTIONS
+from train.losses import DISTILL_FORMS, EXPERT_LOSSES, KL_DIRECTIONS
 
 TEACHERS = ("dense", "previous")  # the original dense model, or the previous round's backbone run dense
 EXPERT_PARAMS = ("experts", "all")  # expert stage trains the MLPs only, or every non-router parameter
@@ -39,6 +39,8 @@ class TrainConfig:
     kl_direction: str = "target_router"
     teacher: str = "dense"
     expert_params: str = "all"
+    expert_loss: str = "lm"  # lm: the text's next token; kd: the dense teacher's distribution; mix: both
+    kd_weight: float = 0.5  # mix: (1 - kd_weight) * lm + kd_weight * kd
     compute_dtype: str = "float32"
     remat: bool = False  # per-block rematerialisation in the training steps (activation memory of one block)
     router_mlp: str = "silu"
@@ -66,7 +68,8 @@ class TrainConfig:
                 raise ReadmeJaxError(f"train config: {name}={getattr(self, name)} is not a multiple of "
                                      f"micro_batch={self.micro_batch}")
         choices = {"distill": DISTILL_FORMS, "kl_direction": KL_DIRECTIONS, "teacher": TEACHERS,
-                   "expert_params": EXPERT_PARAMS, "compute_dtype": COMPUTE_DTYPES, "router_mlp": ("silu", "swiglu")}
+                   "expert_params": EXPERT_PARAMS, "compute_dtype": COMPUTE_DTYPES, "router_mlp": ("silu", "swiglu"),
+                   "expert_loss": EXPERT_LOSSES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ReadmeJaxError(f"train config: {name}={getattr(self, name)!r} not one of {allowed}")
@@ -78,6 +81,8 @@ class TrainConfig:
                                  "(0: the backbone's)")
         if not 0 <= self.warmup_frac < 1:
             raise ReadmeJaxError(f"train config: warmup_frac={self.warmup_frac} must be in [0, 1)")
+        if not 0 < self.kd_weight <= 1:
+            raise ReadmeJaxError(f"train config: kd_weight={self.kd_weight} must be in (0, 1]")
         if self.seq_len < 2:
             raise ReadmeJaxError(f"train config: seq_len={self.seq_len} must be >= 2")
 

@@ -127,7 +127,8 @@ class Trainer:
         self.permanent_NF = jax.device_put(permanent_NF, self.rep)
         k = int(masks_NEF[0, 0].sum())
         self.spec = steps.StepSpec(cfg.distill, cfg.kl_tau, cfg.kl_direction, k, masks_NEF.shape[0],
-                                   int(k - permanent_NF[0].sum()), cfg.compute_dtype, cfg.remat)
+                                   int(k - permanent_NF[0].sum()), cfg.compute_dtype, cfg.remat, cfg.expert_loss,
+                                   cfg.kd_weight)
         self._targets: dict[int, tuple] = {}  # block index -> teacher (scores_ZLE, label_L), while the teacher holds
         self.ckpt = Checkpointer(setup.out_dir / "ckpt", save_every=cfg.save_every, max_to_keep=cfg.max_to_keep)
         self.metrics_path = setup.out_dir / "metrics.jsonl"
@@ -193,7 +194,9 @@ class Trainer:
     # -- checkpoint state ------------------------------------------------------------------------------------
     def _state(self, opt, stage):
         state = {"params": _flat(self.params), "router": _flat(self.router_params), "opt": _flat(opt)}
-        if self.cfg.teacher == "previous" and stage == "router":
+        # teacher=previous: this round's teacher is not the original weights, and the expert stage reads it
+        # too when its loss distils from it (expert_loss kd or mix)
+        if self.cfg.teacher == "previous" and (stage == "router" or self.spec.uses_teacher):
             state["teacher"] = _flat(self.teacher)
         return state
 
@@ -308,7 +311,9 @@ class Trainer:
                          "grad_norm": float(m["grad_norm"])}
         _, fn, _ = self._expert_step()
         trainable, frozen = self._split(self.params)
-        trainable, opt, m = fn(trainable, opt, frozen, self.masks, self.router_params, tokens_ABL, valid_ABL, lr)
+        teacher = (self.teacher, self.ones_masks) if self.spec.uses_teacher else ()
+        trainable, opt, m = fn(trainable, opt, frozen, self.masks, self.router_params, tokens_ABL, valid_ABL, lr,
+                               *teacher)
         self.params = nnx.merge_state(trainable, frozen)
         usage = np.asarray(m["expert_usage"], np.float64)
         return opt, {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),

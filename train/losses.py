@@ -94,6 +94,30 @@ def lm_loss(logits_BLV, tokens_BL, valid_BL):
     return _masked_mean(next_token_nll(logits_BLV, tokens_BL), valid_BL[:, 1:])
 
 
+EXPERT_LOSSES = ("lm", "kd", "mix")
+
+
+def kd_loss(logits_BLV, teacher_logits_BLV, valid_BL):
+    """Forward KL(teacher || student) of the next-token distributions, in nats, averaged over the positions
+    ``lm_loss`` averages (those whose next token is real): the student learns the dense model's whole
+    distribution instead of only the text's next token."""
+    t_BLV = jax.nn.log_softmax(teacher_logits_BLV[:, :-1].astype(jnp.float32), axis=-1)
+    s_BLV = jax.nn.log_softmax(logits_BLV[:, :-1].astype(jnp.float32), axis=-1)
+    kl_BL = jnp.sum(jnp.exp(t_BLV) * (t_BLV - s_BLV), axis=-1)
+    return _masked_mean(kl_BL, valid_BL[:, 1:])
+
+
+def expert_loss(form: str, kd_weight: float, logits_BLV, tokens_BL, valid_BL, teacher_logits_BLV=None):
+    """The expert stage's loss: ``lm`` (the text), ``kd`` (the dense teacher) or ``mix``
+    ((1 - kd_weight) * lm + kd_weight * kd)."""
+    if form == "lm":
+        return lm_loss(logits_BLV, tokens_BL, valid_BL)
+    kd = kd_loss(logits_BLV, teacher_logits_BLV, valid_BL)
+    if form == "kd":
+        return kd
+    return (1 - kd_weight) * lm_loss(logits_BLV, tokens_BL, valid_BL) + kd_weight * kd
+
+
 def _masked_mean(x, valid):
     w = valid.astype(jnp.float32)
     return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -100,7 +100,7 @@ def abstract_run(cfg: TrainConfig, dense_cfg: LlamaConfig, n_experts: int):
     router_cfg = RouterConfig.for_backbone(dense_cfg, n_experts, **overrides)
     router_gd, router_params = nnx.split(nnx.eval_shape(lambda: Router(router_cfg, rngs=nnx.Rngs(0))), nnx.Param)
     spec = steps.StepSpec(cfg.distill, cfg.kl_tau, cfg.kl_direction, width, dense_cfg.n_layers, width // 2,
-                          cfg.compute_dtype, cfg.remat)
+                          cfg.compute_dtype, cfg.remat, cfg.expert_loss, cfg.kd_weight)
     return spec, backbone_gd, params, masks, router_gd, router_params
 
 
@@ -144,8 +144,10 @@ def plan_row(cfg: TrainConfig, dense_cfg: LlamaConfig, n_experts: int, mesh_text
     opt = jax.eval_shape(tx.init, trainable)
     opt_expert = device_bytes(opt, ins[1])
     _, _, tokens, valid = batch(cfg.expert_batch, ins[5:])
+    teacher_args = (_placed(params, p_sh), ones) if spec.uses_teacher else ()
     expert_step = extra_bytes(fn.lower(_placed(trainable, ins[0]), _placed(opt, ins[1]), _placed(frozen, ins[2]),
-                                       ones, _placed(router_params, r_sh), tokens, valid, lr).compile())
+                                       ones, _placed(router_params, r_sh), tokens, valid, lr,
+                                       *teacher_args).compile())
     params_bytes = device_bytes(params, p_sh)
     return PlanRow(mesh_text, cfg.remat, params_bytes, params_bytes,
                    2 * device_bytes(masks, m_sh) + device_bytes(router_params, r_sh), opt_router, opt_expert,

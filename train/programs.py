@@ -66,7 +66,10 @@ def expert_step(cfg: TrainConfig, spec: steps.StepSpec, router_gd, backbone_gd, 
     rep = sharding.replicated(mesh)
     t_sh = sharding.state_shardings(trainable, mesh)
     o_sh = opt_shardings(tx, trainable, t_sh, mesh)
-    ins = (t_sh, o_sh, sharding.state_shardings(frozen, mesh), sharding.state_shardings(masks, mesh),
-           sharding.state_shardings(router_params, mesh), batch_sh, batch_sh, rep)
+    m_sh = sharding.state_shardings(masks, mesh)
+    ins = (t_sh, o_sh, sharding.state_shardings(frozen, mesh), m_sh, sharding.state_shardings(router_params, mesh),
+           batch_sh, batch_sh, rep)
+    if spec.uses_teacher:  # the teacher's parameters and the all-ones masks that run it dense
+        ins += (sharding.state_shardings(params, mesh), m_sh)
     fn = steps.make_expert_step(spec, router_gd, backbone_gd, tx, (ins, (t_sh, o_sh, rep)))
     return tx, fn, jax.jit(tx.init, out_shardings=o_sh), ins

@@ -83,6 +83,13 @@ class StepSpec:
     n_specific: int  # neurons in each expert-specific set (reference form)
     compute_dtype: str = "float32"
     remat: bool = False  # recompute each block's insides in the backward pass (readme_jax.model.rematerialised)
+    expert_loss: str = "lm"  # train.losses.expert_loss: lm | kd | mix
+    kd_weight: float = 0.5
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the expert step runs the dense teacher (and takes its parameters and all-ones masks)."""
+        return self.expert_loss != "lm"
 
 
 def teacher_targets(spec: StepSpec, backbone_gd, teacher_params, ones_masks, tokens_BL, masks_NEF, permanent_NF):
@@ -156,21 +163,29 @@ def make_router_step(spec: StepSpec, router_gd, tx, shardings=None):
 
 
 def make_expert_step(spec: StepSpec, router_gd, backbone_gd, tx, shardings=None):
-    """step(trainable, opt_state, frozen, masks, router_params, tokens_ABL, valid_ABL, lr)
-    -> (trainable, opt_state, metrics)."""
+    """step(trainable, opt_state, frozen, masks, router_params, tokens_ABL, valid_ABL, lr[, teacher, ones_masks])
+    -> (trainable, opt_state, metrics). The last two (the teacher's parameters, and all-ones masks that run it
+    dense) are arguments only when ``spec.uses_teacher``."""
 
-    def step(trainable, opt_state, frozen, masks, router_params, tokens_ABL, valid_ABL, lr):
+    def step(trainable, opt_state, frozen, masks, router_params, tokens_ABL, valid_ABL, lr, *teacher_args):
         dt = jnp.dtype(spec.compute_dtype)
 
         def micro(grads, batch):
             tokens_BL, valid_BL = batch
             router = nnx.merge(router_gd, cast_compute(router_params, dt))
             route_BL = jnp.argmax(router(tokens_BL), axis=-1)
+            teacher_BLV = None
+            if spec.uses_teacher:
+                teacher, ones = teacher_args
+                dense = nnx.merge(backbone_gd, cast_compute(teacher, dt), ones)
+                teacher_BLV = jax.lax.stop_gradient(dense(tokens_BL, route=route_BL))
 
             def loss_fn(train_params):
                 params = nnx.merge_state(cast_compute(train_params, dt), cast_compute(frozen, dt))
                 model = nnx.merge(backbone_gd, params, masks)
-                return losses.lm_loss(model(tokens_BL, route=route_BL, remat=spec.remat), tokens_BL, valid_BL)
+                logits_BLV = model(tokens_BL, route=route_BL, remat=spec.remat)
+                return losses.expert_loss(spec.expert_loss, spec.kd_weight, logits_BLV, tokens_BL, valid_BL,
+                                          teacher_BLV)
 
             loss, g = jax.value_and_grad(loss_fn)(trainable)
             usage_E = jnp.bincount(route_BL.reshape(-1), length=masks_NEF_width(masks))

@@ -147,6 +147,18 @@ def run_eval(args) -> int:
     print("|" + "---|" * (len(names) + 1))
     for d in report["domains"]:
         print(f"| {d:<13}| " + " | ".join(f"{ppl[n][d]:12.2f}" for n in names) + " |")
+    agree, kl = report["agreement_with_dense"], report["kl_to_dense"]
+    kinds = list(agree)
+    print("agreement with the dense model: top-1 next token % (mean KL(dense || model), nats)")
+    print(f"| {'domain':<13}| " + " | ".join(f"{n:>16}" for n in kinds) + " |")
+    print("|" + "---|" * (len(kinds) + 1))
+    for d in report["domains"] + ["mean"]:
+        def cell(n, d=d):
+            if d == "mean":
+                return sum(agree[n].values()) / len(agree[n]), sum(kl[n].values()) / len(kl[n])
+            return agree[n][d], kl[n][d]
+
+        print(f"| {d:<13}| " + " | ".join(f"{100 * a:8.1f} ({k:5.3f})" for a, k in map(cell, kinds)) + " |")
     if "router" in report:
         r = report["router"]
         print(f"trained router ({report['trained_folder']}): top-1 agreement with the oracle "

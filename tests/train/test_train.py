@@ -183,6 +183,45 @@ def test_pruned_baseline_tunes_on_the_expert_stages_blocks_with_their_schedule(t
         _train(tmp_path / "bad", moe_folder, baseline="nope")
 
 
+def test_kd_loss_by_hand():
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(2, 2, 5, 7)).astype(np.float32)
+    tokens = jnp.asarray(rng.integers(0, 7, (2, 5)), jnp.int32)
+    valid = np.ones((2, 5), bool)
+    valid[1, 3:] = False  # positions whose next token is padding do not count
+
+    def logsoftmax(x):
+        return x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+
+    t, s_ = logsoftmax(teacher[:, :-1].astype(np.float64)), logsoftmax(student[:, :-1].astype(np.float64))
+    kl = (np.exp(t) * (t - s_)).sum(-1)
+    want = kl[valid[:, 1:]].mean()
+    got = losses.kd_loss(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(valid))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(losses.kd_loss(jnp.asarray(teacher), jnp.asarray(teacher), jnp.asarray(valid))) == pytest.approx(
+        0.0, abs=1e-6)
+    mix = losses.expert_loss("mix", 0.25, jnp.asarray(student), tokens, jnp.asarray(valid), jnp.asarray(teacher))
+    lm = losses.lm_loss(jnp.asarray(student), tokens, jnp.asarray(valid))
+    assert float(mix) == pytest.approx(0.75 * float(lm) + 0.25 * want, rel=1e-5)
+
+
+def test_expert_loss_kd_and_mix_distil_from_the_dense_teacher(tmp_path, moe_folder):
+    """The first expert step of three otherwise identical runs: mix's loss is the weighted sum of lm's and kd's
+    (same routes, same blocks, same parameters), and kd's is a non-negative KL."""
+    first = {}
+    for form in ("lm", "kd", "mix"):
+        over = [f"expert_loss={form}", "kd_weight=0.25"]
+        assert _train(tmp_path / form, moe_folder, over, stop_after=4) == {"stopped_at": 4}
+        rows = [json.loads(line) for line in (tmp_path / form / "train" / "metrics.jsonl").read_text().splitlines()]
+        first[form] = next(r["loss"] for r in rows if r["stage"] == "expert")
+    assert first["kd"] > 0
+    assert first["mix"] == pytest.approx(0.75 * first["lm"] + 0.25 * first["kd"], rel=1e-4)
+    with pytest.raises(ReadmeJaxError, match="expert_loss"):
+        make_config("tiny", ["expert_loss=kl"])
+    with pytest.raises(ReadmeJaxError, match="kd_weight"):
+        make_config("tiny", ["kd_weight=0"])
+
+
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, moe_folder, full_run):
     import readme_jax
 
