@@ -33,15 +33,18 @@ evalsets: $(STAMP)
 
 DEMO_DIR ?= out/demo
 
-# The Read-ME pipeline on the default model: profile -> refactor -> train -> eval -> analyze (see README).
+# The Read-ME pipeline on the default model: profile -> refactor -> train (+ the tuned pruned baseline) -> eval ->
+# analyze -> report (see README); the last line names the report.
 demo: setup
 	$(PY) -m readme_jax.cli generate --model default --chat --max-new-tokens 40 \
 	  --prompt "In two sentences, what is a mixture-of-experts language model?"
 	$(PY) -m readme_jax.cli profile --workdir $(DEMO_DIR)
 	$(PY) -m readme_jax.cli refactor --workdir $(DEMO_DIR)
 	$(PY) -m readme_jax.cli train --workdir $(DEMO_DIR) --fresh
+	$(PY) -m readme_jax.cli train --workdir $(DEMO_DIR) --fresh --baseline pruned
 	$(PY) -m readme_jax.cli eval --workdir $(DEMO_DIR)
 	$(PY) -m readme_jax.cli analyze --workdir $(DEMO_DIR)
+	$(PY) -m readme_jax.cli report --workdir $(DEMO_DIR)
 
 # The default suite: everything but GPU-only and slow tests; real-model tests run when the model is present.
 test: setup

@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, workdir, moe_folder=None, *, resume: bool = True, fr
         router_pure = sharding.to_host(nnx.to_pure_dict(trainer.router_params))
     if not sharding.is_primary():  # process 0 writes the metrics, the export and the plot
         return {**result, "process_index": jax.process_index()}
-    summary = {"preset": cfg.preset, "config": dataclasses.asdict(cfg), **result,
+    summary = {"preset": cfg.preset, "config": dataclasses.asdict(cfg), "baseline": baseline, **result,
                "router_params": router_cfg.num_params(), "training_blocks": len(setup.stream)}
     summary.update(metric_summary(setup.out_dir / "metrics.jsonl"))
     if export:

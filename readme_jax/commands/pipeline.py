@@ -52,6 +52,18 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_analyze)
 
+    p = sub.add_parser("report", help="gather a work folder's tables and plots into report.md and report.html")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    p.set_defaults(func=run_report)
+
+
+def run_report(args) -> int:
+    from readme_jax.report import write_report
+
+    md, page = write_report(args.workdir)
+    print(f"report: {md} ({page})")
+    return 0
+
 
 def run_profile(args) -> int:
     import readme_jax
