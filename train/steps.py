@@ -4,7 +4,8 @@
   scores inside its forward, per micro-batch; the trainer caches them per block while the teacher is fixed.
 * Router stage: the distillation loss of the router's logits against those scores; only the router moves.
 * Expert stage: the frozen router pre-gates the batch (argmax), the masked-dense MoE runs under those
-  routes, and the language-model loss moves the trainable backbone parameters (the MLPs, or all of them).
+  routes, and the language-model loss (or KL to the dense teacher: ``expert_loss`` kd / mix) moves the
+  trainable backbone parameters (the MLPs, or all of them).
 
 A step takes a batch [A, b, L] of A micro-batches, accumulates gradients with ``lax.scan`` (one compiled
 micro-step, so memory is that of b sequences), then applies one AdamW update. The learning rate is a traced
