@@ -56,7 +56,6 @@ def http_tpot(url: str, model: str, prompt_ids, max_tokens: int) -> tuple[float,
 def measure(engine, prompt_ids, max_tokens: int = 64, repeats: int = 3) -> dict:
     """Decode tokens/s of one streaming request alone, over HTTP and in process, with the same engine."""
     from serve.http.app import ServerConfig, create_app
-    from serve.http.server import bind
 
     if repeats < 1 or max_tokens < 2:
         raise ReadmeJaxError("the overhead check needs repeats >= 1 and max_tokens >= 2")
@@ -66,8 +65,7 @@ def measure(engine, prompt_ids, max_tokens: int = 64, repeats: int = 3) -> dict:
         tpot, tokens = in_process_tpot(engine, prompt_ids, max_tokens)
         if rep:
             local.append(tpot)
-    over_http = _over_http(engine, create_app(engine, ServerConfig()), bind("127.0.0.1", 0), prompt_ids,
-                           max_tokens, repeats)
+    over_http = _over_http(create_app(engine, ServerConfig()), prompt_ids, max_tokens, repeats)
     for _ in range(repeats):
         engine.reset()
         local.append(in_process_tpot(engine, prompt_ids, max_tokens)[0])
@@ -77,38 +75,17 @@ def measure(engine, prompt_ids, max_tokens: int = 64, repeats: int = 3) -> dict:
             "in_process_tpot_ms": [t * 1e3 for t in local], "http_tpot_ms": [t * 1e3 for t in over_http]}
 
 
-def _over_http(engine, app, sock, prompt_ids, max_tokens, repeats) -> list[float]:
-    import threading
+def _over_http(app, prompt_ids, max_tokens, repeats) -> list[float]:
+    from serve.http.server import in_thread
 
-    import httpx
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise ReadmeJaxError("the loopback server did not come up within 60 s")
-            time.sleep(0.02)
+    with in_thread(app) as url:
         model = app.state.server.model_name
         out = []
-        for rep in range(repeats + 1):
+        for rep in range(repeats + 1):  # rep 0 warms up the HTTP path
             tpot, _ = http_tpot(url, model, prompt_ids, max_tokens)
             if rep:
                 out.append(tpot)
         return out
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def format_table(result: dict) -> str:

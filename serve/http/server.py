@@ -6,9 +6,12 @@ requests answer 503. After a signal-caused shutdown uvicorn re-raises the signal
 installed before it started; a no-op handler there makes a drained SIGTERM end the process with status 0.
 """
 
+import contextlib
 import signal
 import socket
 import sys
+import threading
+import time
 
 from readme_jax.errors import ReadmeJaxError
 
@@ -50,3 +53,33 @@ def run(app, host: str, port: int, grace_s: float = 30.0, log_level: str = "warn
         print(f"error: the engine loop failed: {state.loop.failure}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def in_thread(app, host: str = "127.0.0.1", port: int = 0, startup_s: float = 60.0):
+    """Serve ``app`` with uvicorn in a thread of this process, on loopback by default; yields its base URL once
+    ``/health`` answers 200, and shuts it down on exit (benchmarks and tests that drive one engine both ways)."""
+    import httpx
+    import uvicorn
+
+    sock = bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise ReadmeJaxError(f"the server on {url} did not come up within {startup_s:g} s")
+            time.sleep(0.02)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -1,8 +1,6 @@
 """A live uvicorn server on loopback, in a thread of the test process (one engine thread per server)."""
 
 import contextlib
-import threading
-import time
 
 import pytest
 
@@ -11,34 +9,12 @@ pytest.importorskip("fastapi", reason="the server extra is not installed (make s
 
 @contextlib.contextmanager
 def live_server(engine, **config):
-    import httpx
-    import uvicorn
-
     from serve.http.app import ServerConfig, create_app
-    from serve.http.server import bind
+    from serve.http.server import in_thread
 
     app = create_app(engine, ServerConfig(**config))
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not come up")
-        time.sleep(0.02)
-    try:
+    with in_thread(app, startup_s=30) as url:
         yield url, app.state.server
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def small_engine():
