@@ -48,8 +48,10 @@ def next_token_nll(logits_BLV, tokens_BL):
 
 
 @partial(jax.jit, static_argnums=(0, 4))
-def teacher_step(graphdef, state, tokens_BL, masks_NEF, k: int):
-    """Dense teacher pass: (nll [B, L-1], overlap per layer [N, B, L, E])."""
+def teacher_step(graphdef, state, tokens_BL, masks_NEF, k: int, pos_BL=None, mask_BLS=None):
+    """Dense teacher pass: (nll [B, L-1], overlap per layer [N, B, L, E]). ``pos_BL`` and ``mask_BLS``
+    replace the causal positions and mask (packed prefix trees, ``readme_jax.tasks.score``); the nll is then
+    meaningless and only the overlaps are used."""
     model = nnx.merge(graphdef, state)
     B, L = tokens_BL.shape
     overlaps, layer = [], iter(range(masks_NEF.shape[0]))
@@ -57,8 +59,9 @@ def teacher_step(graphdef, state, tokens_BL, masks_NEF, k: int):
     def probe(h_BLF):
         overlaps.append(topk_overlap(h_BLF, masks_NEF[next(layer)], k))
 
-    x_BLD, _ = model.hidden(tokens_BL, jnp.broadcast_to(jnp.arange(L), (B, L)), jnp.ones((B, L), bool),
-                            probe=probe)
+    if pos_BL is None:
+        pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+    x_BLD, _ = model.hidden(tokens_BL, pos_BL, jnp.ones((B, L), bool), probe=probe, mask_BLS=mask_BLS)
     return next_token_nll(model.head(x_BLD), tokens_BL), jnp.stack(overlaps)
 
 

@@ -243,13 +243,18 @@ def init_router(cfg: RouterConfig, llm_embed_VD=None, *, rngs: nnx.Rngs) -> Rout
 
 
 @partial(jax.jit, static_argnums=0)
-def route(graphdef, state, tokens_BL, pos_BL=None, kv_valid_BS=None):
-    """Jitted full causal forward (pre-gating a batch of prompts, left-padded or not).
+def route(graphdef, state, tokens_BL, pos_BL=None, kv_valid_BS=None, mask_BLS=None):
+    """Jitted full causal forward (pre-gating a batch of prompts, left-padded or not). ``mask_BLS`` (with
+    ``pos_BL``) replaces the causal mask: packed prefix trees (``readme_jax.tasks.score``).
 
     Returns:
       expert logits_BLE in fp32; ``argmax(-1)`` gives expert_id_BL.
     """
-    return nnx.merge(graphdef, state)(tokens_BL, pos_BL, kv_valid_BS)
+    router = nnx.merge(graphdef, state)
+    if mask_BLS is None:
+        return router(tokens_BL, pos_BL, kv_valid_BS)
+    x_BLD, _ = router.hidden(tokens_BL, pos_BL, None, mask_BLS=mask_BLS)
+    return router.head(x_BLD)
 
 
 def router_flops_per_token(cfg: RouterConfig, context_len: int) -> int:

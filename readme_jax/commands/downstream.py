@@ -21,6 +21,10 @@ def add_arguments(p):
     p.add_argument("--task-data", action="append", default=[], metavar="TASK=PATH",
                    help="one task's own datasets.save_to_disk folder (LAMBADA: a requests.jsonl.gz)")
     p.add_argument("--max-len", type=int, default=2048, help="longest input; longer contexts lose their start")
+    p.add_argument("--kinds", default=None,
+                   help="downstream: only these model kinds, comma-separated (default: every kind the work folder "
+                        "has: dense,pruned_dense,pruned_tuned,moe_oracle,moe_router; moe_oracle runs the dense "
+                        "teacher too and is the slowest)")
     p.add_argument("--pruned-tuned", default=None,
                    help="the tuned pruned-dense folder (default: <workdir>/pruned_tuned when present; 'none' skips)")
 
@@ -38,7 +42,7 @@ def _task_data(items) -> dict:
 def run(args, parts, trained, workdir: Path, pruned_tuned=None) -> int:
     from readme_jax.tasks import registry
     from readme_jax.tasks.fetch import data_root
-    from readme_jax.tasks.run import evaluate_tasks, model_kinds
+    from readme_jax.tasks.run import evaluate_tasks, model_kinds, select_kinds
 
     tasks = registry.parse_tasks(args.tasks)
     task_data = _task_data(args.task_data)
@@ -53,7 +57,7 @@ def run(args, parts, trained, workdir: Path, pruned_tuned=None) -> int:
     if not root.is_dir() and any(t not in task_data for t in tasks):
         raise ReadmeJaxError(f"{root}: no downstream eval sets here; run `make setup` (or `python -m "
                              "readme_jax.tasks.fetch`), or pass --data / --task-data")
-    kinds = model_kinds(parts, trained, pruned_tuned)
+    kinds = select_kinds(model_kinds(parts, trained, pruned_tuned), args.kinds)
     report = evaluate_tasks(kinds, tasks, parts["tokenizer"], root, task_data, args.limit, args.max_len,
                             progress=not args.json)
     report["machine"] = f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip()

@@ -125,6 +125,8 @@ def run_eval(args) -> int:
         from readme_jax.tasks.registry import parse_tasks
 
         parse_tasks(args.tasks)
+    elif getattr(args, "kinds", None):
+        raise ReadmeJaxError("--kinds selects model kinds of the downstream eval; give --tasks too")
     workdir = Path(args.workdir)
     folder = workdir / "moe"
     if not is_moe_folder(folder):

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from readme_jax.errors import ReadmeJaxError
 from readme_jax.tasks import registry, score
 
 NORMED = ("arc_easy", "arc_challenge", "hellaswag", "piqa")  # tasks the harness reports acc_norm for
@@ -90,7 +91,7 @@ def model_kinds(parts, trained=None, pruned_tuned=None):
     cfg, dense_pure, masks_NEF = parts["cfg"], parts["dense_pure"], parts["masks_NEF"]
     k = int(masks_NEF[0, 0].sum())
 
-    def zeros(tokens_BL):
+    def zeros(tokens_BL, pos_BL, mask_BLL):
         return np.zeros(tokens_BL.shape, np.int32)
 
     def dense():
@@ -103,8 +104,8 @@ def model_kinds(parts, trained=None, pruned_tuned=None):
     def moe_oracle():
         teacher = nnx.split(build_model(cfg, dense_pure))
 
-        def route(tokens_BL):
-            _, overlap = oracle.teacher_step(*teacher, tokens_BL, masks_NEF, k)
+        def route(tokens_BL, pos_BL, mask_BLL):
+            _, overlap = oracle.teacher_step(*teacher, tokens_BL, masks_NEF, k, pos_BL, mask_BLL)
             return np.asarray(oracle.oracle_choices(overlap)[1])
 
         return score.Kind("moe_oracle", *nnx.split(build_moe(cfg, dense_pure, masks_NEF, "sliced",
@@ -116,6 +117,24 @@ def model_kinds(parts, trained=None, pruned_tuned=None):
                                                          zeros)))
     kinds.append(("moe_oracle", moe_oracle))
     if trained is not None:
-        kinds.append(("moe_router", lambda: score.Kind("moe_router", trained.graphdef, trained.state,
-                                                       trained.route)))
+        from readme_jax.router import route as router_logits
+
+        def routed(tokens_BL, pos_BL, mask_BLL):
+            logits_BLE = router_logits(trained.router_graphdef, trained.router_state, tokens_BL, pos_BL,
+                                       mask_BLS=mask_BLL)
+            return np.asarray(logits_BLE.argmax(-1), np.int32)
+
+        kinds.append(("moe_router", lambda: score.Kind("moe_router", trained.graphdef, trained.state, routed)))
     return kinds
+
+
+def select_kinds(kinds, text: str | None):
+    """The (name, builder) pairs named in ``text`` (comma-separated; None or empty: all), in ``kinds``' order."""
+    if not text:
+        return kinds
+    asked = [k.strip() for k in text.split(",") if k.strip()]
+    have = [name for name, _ in kinds]
+    for name in asked:
+        if name not in have:
+            raise ReadmeJaxError(f"--kinds names {name!r}; this work folder has {', '.join(have)}")
+    return [(name, build) for name, build in kinds if name in asked]

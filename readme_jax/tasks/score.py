@@ -1,15 +1,18 @@
-"""Log-likelihood of each request's continuation given its context, batched and length-bucketed.
+"""Log-likelihood of each request's continuation given its context, with shared prefixes computed once.
 
 Encoding follows the EleutherAI harness: trailing spaces of the context move to the continuation, the
 continuation's ids are those of ``encode(context + continuation)`` past ``encode(context)`` and the model reads
 the context's own ids before them, BOS is prepended when the tokenizer adds one, and an input
 longer than ``max_len`` loses tokens from the left.
 
-One forward serves every request whose *input* (context + continuation minus its last token) is the same: a
-row returns the log-probability of each of its own next tokens and the whole distribution at its last
-position. MMLU's four one-token answers thus cost one forward, not four. Rows are sorted by length and padded
-on the right to a bucket length with a fixed number of rows per bucket (``bucket_shapes``), so each model
-compiles once per bucket; right padding never changes the real positions of a causal model.
+Requests are packed as prefix trees. A multiple-choice document's choices share its context, and MMLU's
+documents of one subject share their five-shot prefix, so the inputs are put into a trie: each row holds
+a trie of several requests. Every trie node is one token, at its depth as its RoPE position, and it
+attends to its ancestors and itself. A causal model then computes at each node exactly what it computes
+at that token of every request through it. Each request asks for the log-probability of each continuation
+token at the node before it ("queries"). MMLU then costs about a quarter of one forward per document, a
+multiple-choice document about one context plus its choices. Rows of a task have one length (``row_length``)
+and a fixed number per batch, so each model compiles once per task.
 """
 
 import dataclasses
@@ -23,8 +26,8 @@ from tqdm import tqdm
 
 from readme_jax.errors import ReadmeJaxError
 
-BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-TOKENS_PER_BATCH = 2048  # rows per bucket = this // bucket length (at least 1)
+ROW_LENGTHS = (512, 1024, 2048, 4096)  # packed row lengths; the shortest that holds a task's longest input
+TOKENS_PER_BATCH = 2048  # rows per batch = this // row length (at least 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,30 +56,90 @@ def encode_request(tokenizer, context: str, continuation: str, max_len: int) -> 
     return Encoded(tuple(inputs), tuple(target))
 
 
-def bucket_shapes(length: int) -> tuple[int, int]:
-    """(rows, padded length) of the bucket holding an input of ``length`` tokens."""
-    L = next((b for b in BUCKETS if b >= length), None)
+def row_length(longest: int) -> int:
+    """The packed row length for a task whose longest input has ``longest`` tokens."""
+    L = next((b for b in ROW_LENGTHS if b >= longest), None)
     if L is None:
-        raise ReadmeJaxError(f"an input of {length} tokens exceeds the largest bucket {BUCKETS[-1]}")
-    return max(1, TOKENS_PER_BATCH // L), L
+        raise ReadmeJaxError(f"an input of {longest} tokens exceeds the longest row {ROW_LENGTHS[-1]}")
+    return L
+
+
+class _Trie:
+    """One packed row: token, parent and depth per node (parents before children) and the queries asked."""
+
+    def __init__(self):
+        self.tokens, self.parent, self.depth = [], [], []
+        self.child = {}  # (parent node, token) -> node
+        self.queries = {}  # (node, target token) -> query index
+
+    def missing(self, ids) -> int:
+        """How many nodes ``ids`` would add."""
+        node = -1
+        for at, t in enumerate(ids):
+            node = self.child.get((node, t))
+            if node is None:
+                return len(ids) - at
+        return 0
+
+    def add(self, req: Encoded) -> list[int]:
+        """Insert a request's input; its query indices, one per continuation token."""
+        node, nodes = -1, []
+        for t in req.input_ids:
+            nxt = self.child.get((node, t))
+            if nxt is None:
+                nxt = self.child[(node, t)] = len(self.tokens)
+                self.tokens.append(t)
+                self.parent.append(node)
+                self.depth.append(len(nodes))
+            node = nxt
+            nodes.append(node)
+        n, m = len(req.input_ids), len(req.target_ids)
+        # continuation token j is predicted at input position n - m + j (the last input predicts the last one)
+        return [self.queries.setdefault((nodes[n - m + j], t), len(self.queries))
+                for j, t in enumerate(req.target_ids)]
+
+    def mask(self, L: int) -> np.ndarray:
+        """[L, L] bool: node i sees node j when j is i or one of its ancestors; padding sees only itself."""
+        anc_LL = np.eye(L, dtype=bool)
+        for i, p in enumerate(self.parent):
+            if p >= 0:
+                anc_LL[i] |= anc_LL[p]  # parents come first, so row p is already complete
+        return anc_LL
+
+
+def pack(requests: list[Encoded], L: int) -> tuple[list[_Trie], list[tuple[int, list[int]]]]:
+    """Requests into rows of at most ``L`` nodes and ``L`` queries, in sorted order so that requests sharing a
+    prefix sit together. Returns the rows and, per request, (row index, its query indices)."""
+    rows, where = [_Trie()], [None] * len(requests)
+    for i in sorted(range(len(requests)), key=lambda r: requests[r].input_ids):
+        req = requests[i]
+        if len(req.input_ids) > L:
+            raise ReadmeJaxError(f"an input of {len(req.input_ids)} tokens does not fit a row of {L}")
+        row = rows[-1]
+        if row.tokens and (len(row.tokens) + row.missing(req.input_ids) > L
+                           or len(row.queries) + len(req.target_ids) > L):
+            row = _Trie()
+            rows.append(row)
+        where[i] = (len(rows) - 1, row.add(req))
+    return rows, where
 
 
 @partial(jax.jit, static_argnums=0)
-def _row_scores(graphdef, state, tokens_BL, last_B, route_BL):
-    """(log p of each next own token [B, L-1], whether it is the argmax [B, L-1], log p at the last real
-    position [B, V]). Logits in fp32."""
-    logits_BLV = nnx.merge(graphdef, state)(tokens_BL, route=route_BL).astype(jnp.float32)
-    lse_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
-    own_BL = jnp.take_along_axis(logits_BLV[:, :-1], tokens_BL[:, 1:, None], axis=-1)[..., 0] - lse_BL[:, :-1]
-    greedy_BL = jnp.argmax(logits_BLV[:, :-1], axis=-1) == tokens_BL[:, 1:]
-    rows_B = jnp.arange(tokens_BL.shape[0])
-    last_BV = logits_BLV[rows_B, last_B] - lse_BL[rows_B, last_B][:, None]
-    return own_BL, greedy_BL, last_BV
+def _tree_scores(graphdef, state, tokens_BL, pos_BL, mask_BLL, qpos_BQ, qtok_BQ, route_BL):
+    """Per query: log p of its token at its node and whether that token is the argmax there ([B, Q] each).
+    The head runs only at the queried nodes; logits in fp32."""
+    model = nnx.merge(graphdef, state)
+    x_BLD, _ = model.hidden(tokens_BL, pos_BL, None, route=route_BL, mask_BLS=mask_BLL)
+    x_BQD = x_BLD[jnp.arange(tokens_BL.shape[0])[:, None], qpos_BQ]
+    logits_BQV = model.head(x_BQD).astype(jnp.float32)
+    own_BQ = jnp.take_along_axis(logits_BQV, qtok_BQ[..., None], axis=-1)[..., 0]
+    return own_BQ - jax.nn.logsumexp(logits_BQV, axis=-1), jnp.argmax(logits_BQV, axis=-1) == qtok_BQ
 
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-    """One model to score with: ``route(tokens_BL) -> expert ids [B, L]`` (or None for a dense model)."""
+    """One model to score with: ``route(tokens_BL, pos_BL, mask_BLL) -> expert ids [B, L]`` over packed rows
+    (positions and the tree mask as ``_tree_scores`` uses them), or None for a dense model."""
 
     name: str
     graphdef: object
@@ -86,43 +149,47 @@ class Kind:
 
 def score(kind: Kind, requests: list[Encoded], pad_id: int = 0, progress: bool = True, desc: str = "") -> dict:
     """Per request: ``logprob`` (sum over the continuation), ``greedy`` (every continuation token is the argmax)
-    and ``n_tokens``; plus ``rows`` (distinct inputs run) and ``padded_tokens``."""
-    rows = {}  # input ids -> row index (requests sharing an input share a forward)
-    for req in requests:
-        rows.setdefault(req.input_ids, len(rows))
-    inputs = list(rows)
-    order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]))
-    own, greedy, last = [None] * len(inputs), [None] * len(inputs), [None] * len(inputs)
-    bar = tqdm(total=len(inputs), desc=desc or kind.name, unit="row", disable=not progress, leave=False)
-    padded = 0
-    start = 0
-    while start < len(order):
-        B, L = bucket_shapes(len(inputs[order[start]]))
-        chunk = [r for r in order[start:start + B] if len(inputs[r]) <= L]
+    and ``n_tokens``; plus ``rows`` (packed rows run), ``tokens`` (trie nodes, each computed once),
+    ``input_tokens`` (what one forward per request would read) and ``padded_tokens``."""
+    if not requests:
+        return {"logprob": [], "greedy": [], "n_tokens": [], "rows": 0, "tokens": 0, "input_tokens": 0,
+                "padded_tokens": 0}
+    L = row_length(max(len(r.input_ids) for r in requests))
+    rows, where = pack(requests, L)
+    Q = 8
+    while Q < max(len(r.queries) for r in rows):
+        Q *= 2
+    B = max(1, TOKENS_PER_BATCH // L)
+    lp_R, greedy_R = [None] * len(rows), [None] * len(rows)
+    per_row = np.bincount([r for r, _ in where], minlength=len(rows))
+    bar = tqdm(total=len(requests), desc=desc or kind.name, unit="req", disable=not progress, leave=False)
+    for start in range(0, len(rows), B):
+        batch = rows[start:start + B]
         tokens_BL = np.full((B, L), pad_id, np.int32)
-        last_B = np.zeros(B, np.int32)
-        for b, r in enumerate(chunk):
-            tokens_BL[b, :len(inputs[r])] = inputs[r]
-            last_B[b] = len(inputs[r]) - 1
-        route_BL = None if kind.route is None else jnp.asarray(kind.route(tokens_BL), jnp.int32)
-        out = _row_scores(kind.graphdef, kind.state, jnp.asarray(tokens_BL), jnp.asarray(last_B), route_BL)
-        own_BL, greedy_BL, last_BV = (np.asarray(a) for a in out)
-        for b, r in enumerate(chunk):
-            n = len(inputs[r])
-            own[r], greedy[r], last[r] = own_BL[b, :n - 1], greedy_BL[b, :n - 1], last_BV[b]
-        padded += B * L
-        start += len(chunk)
-        bar.update(len(chunk))
+        pos_BL = np.zeros((B, L), np.int32)
+        mask_BLL = np.zeros((B, L, L), bool)
+        qpos_BQ = np.zeros((B, Q), np.int32)
+        qtok_BQ = np.zeros((B, Q), np.int32)
+        for b, row in enumerate(batch):
+            n = len(row.tokens)
+            tokens_BL[b, :n], pos_BL[b, :n] = row.tokens, row.depth
+            mask_BLL[b] = row.mask(L)
+            for (node, t), q in row.queries.items():
+                qpos_BQ[b, q], qtok_BQ[b, q] = node, t
+        for b in range(len(batch), B):
+            mask_BLL[b] = np.eye(L, dtype=bool)
+        route_BL = None if kind.route is None else jnp.asarray(kind.route(tokens_BL, pos_BL, mask_BLL), jnp.int32)
+        out = _tree_scores(kind.graphdef, kind.state, jnp.asarray(tokens_BL), jnp.asarray(pos_BL),
+                           jnp.asarray(mask_BLL), jnp.asarray(qpos_BQ), jnp.asarray(qtok_BQ), route_BL)
+        lp_BQ, greedy_BQ = (np.asarray(a) for a in out)
+        for b in range(len(batch)):
+            lp_R[start + b], greedy_R[start + b] = lp_BQ[b], greedy_BQ[b]
+        bar.update(int(per_row[start:start + B].sum()))
     bar.close()
-    logprob, is_greedy, n_tokens = [], [], []
-    for req in requests:
-        r = rows[req.input_ids]
-        m = len(req.target_ids)
-        inner = slice(len(req.input_ids) - m, len(req.input_ids) - 1)  # positions predicting all but the last
-        lp = float(np.sum(own[r][inner], dtype=np.float64)) + float(last[r][req.target_ids[-1]])
-        g = bool(np.all(greedy[r][inner])) and int(np.argmax(last[r])) == req.target_ids[-1]
-        logprob.append(lp)
-        is_greedy.append(g)
-        n_tokens.append(m)
-    return {"logprob": logprob, "greedy": is_greedy, "n_tokens": n_tokens, "rows": len(inputs),
-            "padded_tokens": padded}
+    logprob, is_greedy = [], []
+    for r, qs in where:
+        logprob.append(float(np.sum(lp_R[r][qs], dtype=np.float64)))
+        is_greedy.append(bool(np.all(greedy_R[r][qs])))
+    return {"logprob": logprob, "greedy": is_greedy, "n_tokens": [len(r.target_ids) for r in requests],
+            "rows": len(rows), "tokens": sum(len(r.tokens) for r in rows),
+            "input_tokens": sum(len(r.input_ids) for r in requests), "padded_tokens": -(-len(rows) // B) * B * L}
