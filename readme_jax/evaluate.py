@@ -78,10 +78,10 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
             n = len(batch)
             if n < batch_size:  # pad with copies to keep one compiled shape; drop them below
                 batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
-            dense_nll, overlap = oracle.teacher_step(lm.graphdef, lm.state, batch, masks_NEF, k)
+            ref, overlap = oracle.teacher_logp(lm.graphdef, lm.state, batch, masks_NEF, k)  # one dense pass
+            dense_nll = -np.take_along_axis(np.asarray(ref), batch[:, 1:, None], axis=-1)[..., 0]
             layer_ch, oracle_ch = (np.asarray(a) for a in oracle.oracle_choices(overlap))
             domain_ch = np.full(batch.shape, d, np.int32)
-            ref = oracle.dense_logp(lm.graphdef, lm.state, batch)
             zeros = np.zeros_like(domain_ch)
             results = {  # kind -> (nll, top-1 agreement with dense, KL(dense || kind)), each [B, L-1]
                 "moe_oracle": oracle.routed_vs_dense(*moe, batch, oracle_ch, ref),

@@ -47,11 +47,8 @@ def next_token_nll(logits_BLV, tokens_BL):
     return -jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
 
 
-@partial(jax.jit, static_argnums=(0, 4))
-def teacher_step(graphdef, state, tokens_BL, masks_NEF, k: int, pos_BL=None, mask_BLS=None):
-    """Dense teacher pass: (nll [B, L-1], overlap per layer [N, B, L, E]). ``pos_BL`` and ``mask_BLS``
-    replace the causal positions and mask (packed prefix trees, ``readme_jax.tasks.score``); the nll is then
-    meaningless and only the overlaps are used."""
+def _teacher(graphdef, state, tokens_BL, masks_NEF, k, pos_BL, mask_BLS):
+    """Dense logits [B, L, V] and the top-k overlap of every layer's MLP activations [N, B, L, E]."""
     model = nnx.merge(graphdef, state)
     B, L = tokens_BL.shape
     overlaps, layer = [], iter(range(masks_NEF.shape[0]))
@@ -62,7 +59,24 @@ def teacher_step(graphdef, state, tokens_BL, masks_NEF, k: int, pos_BL=None, mas
     if pos_BL is None:
         pos_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
     x_BLD, _ = model.hidden(tokens_BL, pos_BL, jnp.ones((B, L), bool), probe=probe, mask_BLS=mask_BLS)
-    return next_token_nll(model.head(x_BLD), tokens_BL), jnp.stack(overlaps)
+    return model.head(x_BLD), jnp.stack(overlaps)
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def teacher_step(graphdef, state, tokens_BL, masks_NEF, k: int, pos_BL=None, mask_BLS=None):
+    """Dense teacher pass: (nll [B, L-1], overlap per layer [N, B, L, E]). ``pos_BL`` and ``mask_BLS``
+    replace the causal positions and mask (packed prefix trees, ``readme_jax.tasks.score``); the nll is then
+    meaningless and only the overlaps are used."""
+    logits_BLV, overlap_NBLE = _teacher(graphdef, state, tokens_BL, masks_NEF, k, pos_BL, mask_BLS)
+    return next_token_nll(logits_BLV, tokens_BL), overlap_NBLE
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def teacher_logp(graphdef, state, tokens_BL, masks_NEF, k: int):
+    """One dense pass for held-out evaluation: (next-token log-probabilities for tokens[1:] [B, L-1, V] fp32,
+    as ``dense_logp`` gives them, and the overlaps of ``teacher_step``)."""
+    logits_BLV, overlap_NBLE = _teacher(graphdef, state, tokens_BL, masks_NEF, k, None, None)
+    return jax.nn.log_softmax(logits_BLV[:, :-1].astype(jnp.float32), axis=-1), overlap_NBLE
 
 
 @partial(jax.jit, static_argnums=0)

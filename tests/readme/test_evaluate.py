@@ -56,3 +56,15 @@ def test_evaluate_reports_agreement_for_every_kind_but_dense(parts):
         assert set(per) == {"a", "b"} and all(0.0 <= v <= 1.0 for v in per.values())
         assert all(v >= -1e-6 for v in report["kl_to_dense"][kind].values())
     assert set(report["perplexity"]) == {"dense", "pruned_dense", "moe_oracle", "moe_domain"}
+
+
+def test_one_teacher_pass_gives_the_dense_logp_and_the_overlaps(parts):
+    cfg, model, _, masks, _, tokens = parts
+    graphdef, state = nnx.split(model)
+    k = int(masks[0, 0].sum())
+    logp, overlap = oracle.teacher_logp(graphdef, state, tokens, masks, k)
+    nll, overlap_ref = oracle.teacher_step(graphdef, state, tokens, masks, k)
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(oracle.dense_logp(graphdef, state, tokens)), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(overlap), np.asarray(overlap_ref))
+    own = -np.take_along_axis(np.asarray(logp), tokens[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(own, np.asarray(nll), rtol=1e-6, atol=1e-6)
