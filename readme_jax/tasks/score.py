@@ -12,7 +12,9 @@ attends to its ancestors and itself. A causal model then computes at each node e
 at that token of every request through it. Each request asks for the log-probability of each continuation
 token at the node before it ("queries"). MMLU then costs about a quarter of one forward per document, a
 multiple-choice document about one context plus its choices. Rows of a task have one length (``row_length``)
-and a fixed number per batch, so each model compiles once per task.
+and a fixed number per batch, so each model compiles once per task. Prefixes of at least
+``trunks.TRUNK_MIN`` tokens shared by several requests (MMLU's five shots) run once into a KV cache instead
+(``readme_jax.tasks.trunks``).
 """
 
 import dataclasses
@@ -124,16 +126,20 @@ def pack(requests: list[Encoded], L: int) -> tuple[list[_Trie], list[tuple[int, 
     return rows, where
 
 
-@partial(jax.jit, static_argnums=0)
-def _tree_scores(graphdef, state, tokens_BL, pos_BL, mask_BLL, qpos_BQ, qtok_BQ, route_BL):
+def query_scores(model, x_BLD, qpos_BQ, qtok_BQ):
     """Per query: log p of its token at its node and whether that token is the argmax there ([B, Q] each).
     The head runs only at the queried nodes; logits in fp32."""
-    model = nnx.merge(graphdef, state)
-    x_BLD, _ = model.hidden(tokens_BL, pos_BL, None, route=route_BL, mask_BLS=mask_BLL)
-    x_BQD = x_BLD[jnp.arange(tokens_BL.shape[0])[:, None], qpos_BQ]
+    x_BQD = x_BLD[jnp.arange(x_BLD.shape[0])[:, None], qpos_BQ]
     logits_BQV = model.head(x_BQD).astype(jnp.float32)
     own_BQ = jnp.take_along_axis(logits_BQV, qtok_BQ[..., None], axis=-1)[..., 0]
     return own_BQ - jax.nn.logsumexp(logits_BQV, axis=-1), jnp.argmax(logits_BQV, axis=-1) == qtok_BQ
+
+
+@partial(jax.jit, static_argnums=0)
+def _tree_scores(graphdef, state, tokens_BL, pos_BL, mask_BLL, qpos_BQ, qtok_BQ, route_BL):
+    model = nnx.merge(graphdef, state)
+    x_BLD, _ = model.hidden(tokens_BL, pos_BL, None, route=route_BL, mask_BLS=mask_BLL)
+    return query_scores(model, x_BLD, qpos_BQ, qtok_BQ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +155,31 @@ class Kind:
 
 def score(kind: Kind, requests: list[Encoded], pad_id: int = 0, progress: bool = True, desc: str = "") -> dict:
     """Per request: ``logprob`` (sum over the continuation), ``greedy`` (every continuation token is the argmax)
-    and ``n_tokens``; plus ``rows`` (packed rows run), ``tokens`` (trie nodes, each computed once),
+    and ``n_tokens``; plus counters: ``rows`` (packed rows run), ``tokens`` (trie nodes, each computed once),
+    ``trunks`` and ``trunk_tokens`` (long shared prefixes run once into a cache, ``readme_jax.tasks.trunks``),
     ``input_tokens`` (what one forward per request would read) and ``padded_tokens``."""
-    if not requests:
-        return {"logprob": [], "greedy": [], "n_tokens": [], "rows": 0, "tokens": 0, "input_tokens": 0,
-                "padded_tokens": 0}
+    from readme_jax.tasks import trunks
+
+    plain, groups = trunks.split(requests)
+    bar = tqdm(total=len(requests), desc=desc or kind.name, unit="req", disable=not progress, leave=False)
+    results, counters = {}, {"rows": 0, "tokens": 0, "trunks": 0, "trunk_tokens": 0, "padded_tokens": 0}
+    if plain:
+        got, seen = _score_rows(kind, [requests[i] for i in plain], pad_id, bar)
+        results.update(zip(plain, got))
+        counters = {k: counters[k] + seen.get(k, 0) for k in counters}
+    if groups:
+        got, seen = trunks.score_groups(kind, requests, groups, pad_id, bar)
+        results.update(got)
+        counters = {k: counters[k] + seen.get(k, 0) for k in counters}
+    bar.close()
+    return {"logprob": [results[i][0] for i in range(len(requests))],
+            "greedy": [results[i][1] for i in range(len(requests))],
+            "n_tokens": [len(r.target_ids) for r in requests],
+            "input_tokens": sum(len(r.input_ids) for r in requests), **counters}
+
+
+def _score_rows(kind: Kind, requests: list[Encoded], pad_id: int, bar) -> tuple[list, dict]:
+    """(log-likelihood, greedy) per request, packed into rows of one length; and the counters."""
     L = row_length(max(len(r.input_ids) for r in requests))
     rows, where = pack(requests, L)
     Q = 8
@@ -162,7 +188,6 @@ def score(kind: Kind, requests: list[Encoded], pad_id: int = 0, progress: bool =
     B = max(1, TOKENS_PER_BATCH // L)
     lp_R, greedy_R = [None] * len(rows), [None] * len(rows)
     per_row = np.bincount([r for r, _ in where], minlength=len(rows))
-    bar = tqdm(total=len(requests), desc=desc or kind.name, unit="req", disable=not progress, leave=False)
     for start in range(0, len(rows), B):
         batch = rows[start:start + B]
         tokens_BL = np.full((B, L), pad_id, np.int32)
@@ -185,11 +210,6 @@ def score(kind: Kind, requests: list[Encoded], pad_id: int = 0, progress: bool =
         for b in range(len(batch)):
             lp_R[start + b], greedy_R[start + b] = lp_BQ[b], greedy_BQ[b]
         bar.update(int(per_row[start:start + B].sum()))
-    bar.close()
-    logprob, is_greedy = [], []
-    for r, qs in where:
-        logprob.append(float(np.sum(lp_R[r][qs], dtype=np.float64)))
-        is_greedy.append(bool(np.all(greedy_R[r][qs])))
-    return {"logprob": logprob, "greedy": is_greedy, "n_tokens": [len(r.target_ids) for r in requests],
-            "rows": len(rows), "tokens": sum(len(r.tokens) for r in rows),
-            "input_tokens": sum(len(r.input_ids) for r in requests), "padded_tokens": -(-len(rows) // B) * B * L}
+    got = [(float(np.sum(lp_R[r][qs], dtype=np.float64)), bool(np.all(greedy_R[r][qs]))) for r, qs in where]
+    return got, {"rows": len(rows), "tokens": sum(len(r.tokens) for r in rows),
+                 "padded_tokens": -(-len(rows) // B) * B * L}

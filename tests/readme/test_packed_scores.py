@@ -13,7 +13,7 @@ from readme_jax import refactor
 from readme_jax.lm import MoELM, jax_to_numpy
 from readme_jax.router import RouterConfig, init_router
 from readme_jax.router import route as router_logits
-from readme_jax.tasks import score
+from readme_jax.tasks import score, trunks
 from readme_jax.errors import ReadmeJaxError
 from readme_jax.tasks.run import model_kinds, select_kinds
 from tests.helpers import tiny_config, tiny_model
@@ -86,7 +86,11 @@ def _alone(kind, req):
     return logp[at, req.target_ids].sum(), bool((logp[at].argmax(-1) == req.target_ids).all())
 
 
-def test_every_kind_scores_packed_rows_as_each_request_alone(kinds):
+@pytest.mark.parametrize("trunk_min", [trunks.TRUNK_MIN, 16])
+def test_every_kind_scores_packed_rows_as_each_request_alone(kinds, trunk_min, monkeypatch):
+    """With the default threshold every request is in packed rows; at 16 the few-shot documents share a
+    cached trunk (BOS and the shots) and the rest stay in rows."""
+    monkeypatch.setattr(trunks, "TRUNK_MIN", trunk_min)
     requests = _requests()
     assert set(kinds) == {"dense", "pruned_dense", "moe_oracle", "moe_router"}
     for name, kind in kinds.items():
@@ -95,9 +99,23 @@ def test_every_kind_scores_packed_rows_as_each_request_alone(kinds):
             ref_lp, ref_greedy = _alone(kind, req)
             assert lp == pytest.approx(ref_lp, abs=1e-4), name
             assert greedy == ref_greedy, name
-    assert got["rows"] == 1
-    # the 40-token shot prefix and the 10-token context count once: far fewer nodes than input tokens
-    assert got["tokens"] < got["input_tokens"] / 3
+    if trunk_min == 16:
+        assert got["trunks"] == 1 and got["trunk_tokens"] == 41  # BOS + the 40 shots, once
+        assert got["rows"] == 2  # the suffix rows of the group and one row for the rest
+    else:
+        assert got["trunks"] == 0 and got["rows"] == 1
+        # the 40-token shot prefix and the 10-token context count once: far fewer nodes than input tokens
+        assert got["tokens"] < got["input_tokens"] / 3
+
+
+def test_trunk_groups_need_a_long_common_prefix_before_every_scored_token(monkeypatch):
+    monkeypatch.setattr(trunks, "TRUNK_MIN", 4)
+    reqs = [score.Encoded((1, 2, 3, 4, 5, 6), (7,)), score.Encoded((1, 2, 3, 4, 5, 9), (8,)),
+            score.Encoded((1, 2, 3, 4, 5), (6, 7)),  # scored from position 3: a trunk of 3 is too short
+            score.Encoded((1, 2, 8), (9,)),  # shares only 2
+            score.Encoded((1, 2, 3, 4, 5, 6, 0), (1, 2, 3))]  # scored from position 4: the trunk shrinks to 4
+    plain, groups = trunks.split(reqs)
+    assert plain == [2, 3] and groups == [(4, [0, 4, 1])]
 
 
 def test_a_tree_route_equals_the_plain_causal_route(kinds):
