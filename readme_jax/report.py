@@ -158,6 +158,8 @@ def _downstream(page, workdir):
                     + [f"{100 * means[k]:.1f}" for k in kinds])
     page.table(["task", "documents", "metric"] + kinds, rows)
     page.text("Accuracy in %, with the 95% interval (1.96 standard errors).")
+    if (workdir / "eval" / "downstream.png").is_file():
+        page.image(workdir / "eval" / "downstream.png", workdir, "downstream accuracy")
 
 
 def _analysis(page, workdir):

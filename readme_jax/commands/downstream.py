@@ -64,11 +64,14 @@ def run(args, parts, trained, workdir: Path, pruned_tuned=None) -> int:
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "downstream.json", json.dumps(report, indent=2))
+    from readme_jax.tasks.plot import plot_downstream
+
+    png = plot_downstream(report, out / "downstream.png")
     if args.json:
         print(json.dumps(report))
         return 0
     print(format_table(report))
-    print(f"wrote {out / 'downstream.json'}")
+    print(f"wrote {out / 'downstream.json'} and {png}")
     return 0
 
 

@@ -149,3 +149,14 @@ def test_loglikelihoods_match_transformers(tmp_path):
         per = logp[torch.arange(len(targets)), targets][-len(cont):]
         assert lp == pytest.approx(float(per.sum()), abs=2e-3), (context, continuation)
         assert greedy == bool((logp[-len(cont):].argmax(-1) == targets[-len(cont):]).all())
+
+
+def test_the_downstream_plot_is_a_png(tmp_path):
+    from readme_jax.tasks.plot import plot_downstream
+
+    m = {"value": 0.5, "stderr": 0.1, "ci95": 0.196}
+    report = {"kinds": ["dense", "moe_router"],
+              "tasks": {"arc_easy": {"documents": 10, "dense": {"acc": m, "acc_norm": m}, "moe_router": {"acc": m, "acc_norm": m}},
+                        "winogrande": {"documents": 10, "dense": {"acc": m}, "moe_router": {"acc": m}}}}
+    png = plot_downstream(report, tmp_path / "eval" / "downstream.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list((tmp_path / "eval").glob("*.part"))
