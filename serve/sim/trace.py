@@ -75,6 +75,10 @@ def _int_list(obj: dict, key: str, where: str, low: int, high: int | None) -> tu
     values = obj[key]
     if not isinstance(values, list) or not values:
         raise ServeError(f"{where}: {key} must be a non-empty list of integers")
+    # Fast path for the common case (a trace holds millions of ids): plain ints, all in range. type() is
+    # exact, so bools (an int subclass) fall through to the loop below, which names the first bad entry.
+    if set(map(type, values)) == {int} and min(values) >= low and (high is None or max(values) < high):
+        return tuple(values)
     for position, value in enumerate(values):
         if not _is_int(value):
             raise ServeError(f"{where}: {key}[{position}]={value!r} is not an integer")
