@@ -5,15 +5,14 @@ continuation's ids are those of ``encode(context + continuation)`` past ``encode
 the context's own ids before them, BOS is prepended when the tokenizer adds one, and an input
 longer than ``max_len`` loses tokens from the left.
 
-Requests are packed as prefix trees. A multiple-choice document's choices share its context, and MMLU's
-documents of one subject share their five-shot prefix, so the inputs are put into a trie: each row holds
-a trie of several requests. Every trie node is one token, at its depth as its RoPE position, and it
-attends to its ancestors and itself. A causal model then computes at each node exactly what it computes
-at that token of every request through it. Each request asks for the log-probability of each continuation
-token at the node before it ("queries"). MMLU then costs about a quarter of one forward per document, a
-multiple-choice document about one context plus its choices. Rows of a task have one length (``row_length``)
-and a fixed number per batch, so each model compiles once per task. Prefixes of at least
-``trunks.TRUNK_MIN`` tokens shared by several requests (MMLU's five shots) run once into a KV cache instead
+Requests are packed as prefix trees. A multiple-choice document's choices share its context, so the
+inputs go into a trie, and each row holds a trie of several requests. Every trie node is one token, with its
+depth as its RoPE position, and it attends to its ancestors and itself. A causal model then computes at each
+node exactly what it computes at that token of every request through it. Each request asks for the
+log-probability of each continuation token at the node before it ("queries"): a multiple-choice document
+costs about one context plus its choices. Rows of a task have one length (``row_length``) and a fixed number
+per batch, so each model compiles once per task. Prefixes of at least ``trunks.TRUNK_MIN`` tokens shared by
+several requests (MMLU's five shots, shared by a subject's documents) run once into a KV cache instead
 (``readme_jax.tasks.trunks``).
 """
 
