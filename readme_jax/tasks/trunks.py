@@ -25,6 +25,8 @@ from readme_jax.tasks.score import Encoded, pack, query_scores
 
 TRUNK_MIN = 256  # a group's shared prefix must be at least this long
 LENGTHS = (128, 256, 512, 1024, 2048, 4096)  # trunk and suffix-row buckets
+SUFFIX_ROW = 512  # the shortest suffix row
+MAX_ROWS = 4  # suffix rows per forward: bounds the broadcast cache and the batch
 
 
 def _bucket(n: int, what: str) -> int:
@@ -116,44 +118,60 @@ def _pow2(n: int, least: int = 1) -> int:
 def score_groups(kind, requests: list[Encoded], groups, pad_id: int, bar) -> tuple[dict, dict]:
     """(request index -> (log-likelihood, greedy), counters) for every request of ``groups``.
 
-    Each group runs at its own bucketed shapes (trunk and suffix lengths from ``LENGTHS``, rows and queries
-    rounded up to powers of two), so a long trunk does not make every group pay for it; a model compiles once
-    per distinct shape."""
+    A model compiles once per distinct shape, so shapes are few: suffix rows have one length and one query
+    count per task (at least ``SUFFIX_ROW`` tokens, so that a group needs few rows), while the trunk length
+    (from ``LENGTHS``) and the row count (a power of two) follow each group, so that a long trunk does not
+    make every group pay for it."""
     out, counters = {}, {"trunks": len(groups), "trunk_tokens": 0, "tokens": 0, "rows": 0, "padded_tokens": 0}
-    for P, members in groups:
-        suffixes = [Encoded(requests[i].input_ids[P:], requests[i].target_ids) for i in members]
+    suffixes = [[Encoded(requests[i].input_ids[P:], requests[i].target_ids) for i in members]
+                for P, members in groups]
+    L = max(SUFFIX_ROW, _bucket(max(len(s.input_ids) for group in suffixes for s in group),
+                                "request past its prefix"))
+    packed = [pack(group, L) for group in suffixes]
+    Q = _pow2(max(len(r.queries) for rows, _ in packed for r in rows), 8)
+    for (P, members), (rows, where) in zip(groups, packed):
         Pb = _bucket(P, "shared prefix")
-        L = _bucket(max(len(s.input_ids) for s in suffixes), "request past its prefix")
-        rows, where = pack(suffixes, L)
-        B, Q = _pow2(len(rows)), _pow2(max(len(r.queries) for r in rows), 8)
-        S = Pb + L
         trunk_P = np.full(Pb, pad_id, np.int32)
         trunk_P[:P] = requests[members[0]].input_ids[:P]
-        tokens_BL = np.full((B, L), pad_id, np.int32)
-        pos_BL = np.full((B, L), P, np.int32)
-        mask_BLS = np.zeros((B, L, S), bool)
-        mask_BLS[:, np.arange(L), Pb + np.arange(L)] = True  # padding sees itself only
-        qpos_BQ = np.zeros((B, Q), np.int32)
-        qtok_BQ = np.zeros((B, Q), np.int32)
-        for b, row in enumerate(rows):
-            n = len(row.tokens)
-            tokens_BL[b, :n], pos_BL[b, :n] = row.tokens, P + np.asarray(row.depth)
-            mask_BLS[b, :, Pb:] = row.mask(L)
-            mask_BLS[b, :n, :P] = True
-            for (node, t), q in row.queries.items():
-                qpos_BQ[b, q], qtok_BQ[b, q] = node, t
-            counters["tokens"] += n
-        trunk_route = route_BL = None
-        if kind.route is not None:
-            route_BS = np.asarray(kind.route(*full_view(trunk_P, P, tokens_BL, pos_BL, mask_BLS)), np.int32)
-            trunk_route, route_BL = jnp.asarray(route_BS[:1, :Pb]), jnp.asarray(route_BS[:, Pb:])
-        lp_BQ, greedy_BQ = (np.asarray(a) for a in _trunk_scores(
-            kind.graphdef, kind.state, jnp.asarray(trunk_P[None]), P, trunk_route, jnp.asarray(tokens_BL),
-            jnp.asarray(pos_BL), jnp.asarray(mask_BLS), jnp.asarray(qpos_BQ), jnp.asarray(qtok_BQ), route_BL))
+        lp_R, greedy_R = [], []
+        for start in range(0, len(rows), MAX_ROWS):  # a big group runs its trunk again per chunk of rows
+            chunk = rows[start:start + MAX_ROWS]
+            lp_BQ, greedy_BQ = _run_chunk(kind, trunk_P, P, chunk, L, Q, pad_id)
+            lp_R.extend(lp_BQ[:len(chunk)])
+            greedy_R.extend(greedy_BQ[:len(chunk)])
+            counters["padded_tokens"] += Pb + _pow2(len(chunk)) * L
         for i, (r, qs) in zip(members, where):
-            out[i] = (float(np.sum(lp_BQ[r][qs], dtype=np.float64)), bool(np.all(greedy_BQ[r][qs])))
+            out[i] = (float(np.sum(lp_R[r][qs], dtype=np.float64)), bool(np.all(greedy_R[r][qs])))
         counters["trunk_tokens"] += P
         counters["rows"] += len(rows)
-        counters["padded_tokens"] += Pb + B * L
+        counters["tokens"] += sum(len(row.tokens) for row in rows)
         bar.update(len(members))
     return out, counters
+
+
+def _run_chunk(kind, trunk_P, P: int, rows, L: int, Q: int, pad_id: int):
+    """Per-query (log p, greedy) arrays [B, Q] of up to ``MAX_ROWS`` suffix rows over one trunk."""
+    Pb = len(trunk_P)
+    B = _pow2(len(rows))
+    S = Pb + L
+    tokens_BL = np.full((B, L), pad_id, np.int32)
+    pos_BL = np.full((B, L), P, np.int32)
+    mask_BLS = np.zeros((B, L, S), bool)
+    mask_BLS[:, np.arange(L), Pb + np.arange(L)] = True  # padding sees itself only
+    qpos_BQ = np.zeros((B, Q), np.int32)
+    qtok_BQ = np.zeros((B, Q), np.int32)
+    for b, row in enumerate(rows):
+        n = len(row.tokens)
+        tokens_BL[b, :n], pos_BL[b, :n] = row.tokens, P + np.asarray(row.depth)
+        mask_BLS[b, :, Pb:] = row.mask(L)
+        mask_BLS[b, :n, :P] = True
+        for (node, t), q in row.queries.items():
+            qpos_BQ[b, q], qtok_BQ[b, q] = node, t
+    trunk_route = route_BL = None
+    if kind.route is not None:
+        route_BS = np.asarray(kind.route(*full_view(trunk_P, P, tokens_BL, pos_BL, mask_BLS)), np.int32)
+        trunk_route, route_BL = jnp.asarray(route_BS[:1, :Pb]), jnp.asarray(route_BS[:, Pb:])
+    out = _trunk_scores(kind.graphdef, kind.state, jnp.asarray(trunk_P[None]), P, trunk_route,
+                        jnp.asarray(tokens_BL), jnp.asarray(pos_BL), jnp.asarray(mask_BLS), jnp.asarray(qpos_BQ),
+                        jnp.asarray(qtok_BQ), route_BL)
+    return tuple(np.asarray(a) for a in out)

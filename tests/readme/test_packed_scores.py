@@ -162,3 +162,19 @@ def test_packing_splits_rows_at_the_length_and_keeps_every_request():
         assert [rows[r].tokens[n] for n, _ in (asked[q] for q in qs)] == [req.input_ids[-2], req.input_ids[-1]]
     with pytest.raises(Exception, match="does not fit a row of 8"):
         score.pack(requests, 8)
+
+
+def test_a_group_split_over_several_row_chunks_scores_the_same(kinds, monkeypatch):
+    """Six documents behind one 20-token trunk fill two 128-token suffix rows, run one row per forward."""
+    monkeypatch.setattr(trunks, "TRUNK_MIN", 16)
+    monkeypatch.setattr(trunks, "SUFFIX_ROW", 128)
+    monkeypatch.setattr(trunks, "MAX_ROWS", 1)
+    rng = np.random.default_rng(3)
+    trunk = [1] + list(rng.integers(4, 97, 19))
+    requests = [score.Encoded(tuple(trunk + list(rng.integers(4, 97, 40))), (7, 9)) for _ in range(6)]
+    for name in ("dense", "moe_router"):
+        got = score.score(kinds[name], requests, progress=False)
+        assert got["trunks"] == 1 and got["rows"] == 2
+        for req, lp, greedy in zip(requests, got["logprob"], got["greedy"]):
+            ref_lp, ref_greedy = _alone(kinds[name], req)
+            assert lp == pytest.approx(ref_lp, abs=1e-4) and greedy == ref_greedy, name
