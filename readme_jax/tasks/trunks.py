@@ -54,7 +54,9 @@ def split(requests: list[Encoded]) -> tuple[list[int], list[tuple[int, list[int]
     head, P, members = None, 0, []
 
     def close():
-        if len(members) > 1 and P >= TRUNK_MIN:
+        # Requests with one and the same input (a document's one-token answers) already share every node in a
+        # packed row; a trunk pays only when different inputs share it.
+        if P >= TRUNK_MIN and len({requests[m].input_ids for m in members}) > 1:
             groups.append((P, list(members)))
         else:
             plain.extend(members)

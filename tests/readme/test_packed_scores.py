@@ -116,6 +116,8 @@ def test_trunk_groups_need_a_long_common_prefix_before_every_scored_token(monkey
             score.Encoded((1, 2, 3, 4, 5, 6, 0), (1, 2, 3))]  # scored from position 4: the trunk shrinks to 4
     plain, groups = trunks.split(reqs)
     assert plain == [2, 3] and groups == [(4, [0, 4, 1])]
+    same = [score.Encoded((1, 2, 3, 4, 5, 6), (t,)) for t in (7, 8, 9)]  # one input, three answers: no trunk
+    assert trunks.split(same) == ([0, 1, 2], [])
 
 
 def test_a_tree_route_equals_the_plain_causal_route(kinds):
