@@ -1,12 +1,12 @@
 """Long shared prefixes ("trunks") computed once into a KV cache, their requests' own parts packed after it.
 
-Packing tries into rows (``readme_jax.tasks.score``) computes a shared prefix once per row, but a row must
-hold the prefix every time, and attention over a packed row costs its length squared. MMLU's five-shot
-prefix is ~600 tokens shared by all of a subject's documents, so rows of 2,048 tokens spent half their time on
-attention. Here consecutive requests (in sorted order) that share at least ``TRUNK_MIN`` tokens form a group:
-its trunk runs once, causally, into a cache of one row, which is broadcast to the group's suffix rows; the
-suffixes (each request's input past the trunk) are packed into tries as before, at positions after the
-trunk, and attend to the trunk's real slots and to their own ancestors.
+Packing tries into rows (``readme_jax.tasks.score``) computes a shared prefix once per row, but every row
+must hold the prefix again, and attention over a packed row costs its length squared. MMLU's five-shot
+prefix (~600 tokens) is shared by all of a subject's documents. Here consecutive requests (in sorted order)
+that share at least ``TRUNK_MIN`` tokens, and are not all one input, form a group. Its trunk runs once,
+causally, into a cache of one row, which is broadcast to the group's suffix rows. The suffixes (each
+request's input past the trunk) are packed into tries as before, at positions after the trunk; they attend
+to the trunk's real slots and to their own ancestors.
 
 Routes: a kind's ``route`` sees each suffix row with the trunk in front of it, as one causal tree
 (``full_view``), so a routed model gets for every token the expert it gets when the request is routed alone.
