@@ -15,6 +15,7 @@ import dataclasses
 import math
 import time
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -79,7 +80,7 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
             if n < batch_size:  # pad with copies to keep one compiled shape; drop them below
                 batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
             ref, overlap = oracle.teacher_logp(lm.graphdef, lm.state, batch, masks_NEF, k)  # one dense pass
-            dense_nll = -np.take_along_axis(np.asarray(ref), batch[:, 1:, None], axis=-1)[..., 0]
+            dense_nll = -jnp.take_along_axis(ref, jnp.asarray(batch)[:, 1:, None], axis=-1)[..., 0]  # on device
             layer_ch, oracle_ch = (np.asarray(a) for a in oracle.oracle_choices(overlap))
             domain_ch = np.full(batch.shape, d, np.int32)
             zeros = np.zeros_like(domain_ch)
