@@ -238,6 +238,7 @@ class TransitionModel:
         self.num_experts = num_experts
         self.tokens_ahead = tokens_ahead
         self.forecast = Forecast(prior, tokens_ahead)
+        self.rollouts = {}  # serve.core.lookahead's memo of rollouts under this forecast
         self.items_per_batch = 1.0  # running mean of work items per batch (sets the forecast's time scale)
         self._batches = 0
 
@@ -273,6 +274,7 @@ class TransitionModel:
         if self._age >= self._refresh:
             self._age = 0
             self.forecast = Forecast(self.stats(), self.tokens_ahead)
+            self.rollouts = {}
 
 
 def expected_first_use(known: float, events, far: float) -> float:

@@ -134,6 +134,24 @@ def test_runs_serve_everything_deterministically_with_consistent_counters(batchi
         assert c.hits + c.misses == c.accesses and c.loads - c.evictions <= capacity
 
 
+def test_the_rollout_memo_changes_no_decision(monkeypatch):
+    from serve.core import lookahead
+
+    specs = synthetic_workload(WorkloadConfig(num_requests=40, num_experts=E, output_mean=20.0, seed=2))
+    fixed = NextUseConfig(estimate_transitions(specs, E), online=False)
+    rollout, size = lookahead.expert_aware_rollout, lookahead.ROLLOUT_MEMO
+    for next_use in (None, fixed):  # online (the memo restarts with each new forecast) and fixed statistics
+        runs = {}
+        for memo_size in (size, 0):
+            calls = []
+            monkeypatch.setattr(lookahead, "ROLLOUT_MEMO", memo_size)
+            monkeypatch.setattr(lookahead, "expert_aware_rollout", lambda *a: calls.append(1) or rollout(*a))
+            runs[memo_size] = (_sim(specs, EXPECTED, 2, next_use, concurrency=8), len(calls))
+        (memo, memo_calls), (plain, plain_calls) = runs.values()
+        assert memo_calls < plain_calls  # the memo was used
+        assert memo.cache == plain.cache and memo.batch_duration_s == plain.batch_duration_s
+
+
 def test_statistics_for_another_number_of_experts_are_refused():
     specs = synthetic_workload(WorkloadConfig(num_requests=5, num_experts=E, seed=0))
     other = estimate_transitions(synthetic_workload(WorkloadConfig(num_requests=5, num_experts=3)), 3)
