@@ -5,10 +5,12 @@ same work) served closed loop by ``concurrency`` clients or open loop at the rec
 measured runs, one untimed pass per batching policy compiles the shapes that policy's batches need (a cache
 policy never changes a batch), so the measured runs compile nothing or almost nothing: the table says how much.
 
-Calibration (``--calibrate``): the simulator's cost constants fitted to the measured iterations by least squares
-(duration = overhead + token_s * tokens + expert_s * distinct experts + load_s * experts loaded), then each
-run's workload, teacher-forced with the tokens and experts the engine produced, replayed through the simulator
-with those constants: the table compares simulated and measured mean normalized latency.
+Calibration (``--calibrate``): the simulator's cost constants fitted to the measured iterations by non-negative
+least squares, twice: with the paper's terms (duration = overhead + token_s * tokens + expert_s * distinct experts
++ load_s * experts loaded) and with the engine's (decode and prefill tokens apart, program calls, admitted
+prompts; ``calibrate``). Each run's workload, teacher-forced with the tokens and experts the engine produced, is
+then replayed through the simulator with each fitted model: the table compares simulated and measured mean
+normalized latency.
 """
 
 import dataclasses
@@ -109,26 +111,44 @@ def _loads_per_iteration(engine, iterations: int) -> list[int]:
     return loads
 
 
-def calibrate(rows, num_layers: int, expert_bytes: int):
-    """A CostModel fitted to every measured iteration of ``rows`` (module docstring), and the fit's R^2."""
+CALIBRATION_TERMS = ("paper", "engine")
+
+
+def calibrate(rows, num_layers: int, expert_bytes: int, terms: str = "engine"):
+    """A CostModel fitted to every measured iteration of ``rows``, and the fit's R^2.
+
+    ``terms="paper"``: duration = overhead + token_s * tokens + expert_s * experts + load_s * loads (the paper's
+    model, one kind of token). ``terms="engine"`` adds what the engine's iterations are made of
+    (``serve.sim.cost_model`` step 1): decode and prefill tokens apart, one program call per prefill item and
+    one for the decodes, and one router call per admitted prompt."""
     from serve.sim.cost_model import CostModel
 
+    if terms not in CALIBRATION_TERMS:
+        raise ServeError(f"calibration terms {terms!r}: expected one of {', '.join(CALIBRATION_TERMS)}")
     X, y = [], []
     for row in rows:
         rec = row["record"]
-        for tokens, experts, loads, duration in zip(rec.batch_tokens, rec.batch_experts, row["loads_per_iteration"],
-                                                    rec.batch_duration_s):
-            X.append((1.0, tokens, experts, loads))
+        for tokens, experts, loads, duration, prefill, prefill_tokens, admitted in zip(
+                rec.batch_tokens, rec.batch_experts, row["loads_per_iteration"], rec.batch_duration_s,
+                rec.batch_prefill, rec.batch_prefill_tokens, rec.batch_admitted):
+            if terms == "paper":
+                X.append((1.0, tokens, experts, loads))
+            else:
+                decode = tokens - prefill_tokens
+                X.append((1.0, decode, prefill_tokens, prefill + (decode > 0), experts, admitted, loads))
             y.append(duration)
-    X, y = np.asarray(X), np.asarray(y)
+    X, y = np.asarray(X, dtype=float), np.asarray(y)
     coef = _nonnegative_lstsq(X, y)
     residual = y - X @ coef
     r2 = 1.0 - float(residual @ residual) / max(float(((y - y.mean()) ** 2).sum()), 1e-30)
-    load_s = max(coef[3], 1e-9)
-    cost = CostModel(num_layers=num_layers, step_overhead_s=float(coef[0]), token_s=float(coef[1]),
-                     expert_s=float(coef[2]), slice_bytes=max(1, expert_bytes // num_layers),
-                     link_bytes_per_s=max(1, expert_bytes // num_layers) * num_layers / load_s)
-    return cost, r2
+    load_s = max(coef[-1], 1e-9)
+    slice_bytes = max(1, expert_bytes // num_layers)
+    shared = dict(num_layers=num_layers, step_overhead_s=float(coef[0]), token_s=float(coef[1]),
+                  slice_bytes=slice_bytes, link_bytes_per_s=slice_bytes * num_layers / load_s)
+    if terms == "paper":
+        return CostModel(expert_s=float(coef[2]), **shared), r2
+    return CostModel(expert_s=float(coef[4]), prefill_token_s=float(coef[2]), call_s=float(coef[3]),
+                     admit_s=float(coef[5]), **shared), r2
 
 
 def _nonnegative_lstsq(X, y):
@@ -165,11 +185,22 @@ def table(rows) -> str:
             f"{1e3 * s['normalized_latency_s']['p50']:.1f}", f"{1e3 * s['normalized_latency_s']['p95']:.1f}",
             f"{s['ttft_s']['p95']:.2f}", f"{s['throughput_tokens_per_s']:.1f}", f"{row['stall_s']:.2f}",
             f"{row['host_ms_per_iteration']:.2f}", row["compiles_in_run"])))
-        if "simulated" in row:
-            sim = row["simulated"]["normalized_latency_s"]["mean"]
-            real = s["normalized_latency_s"]["mean"]
-            lines[-1] += f" | sim {1e3 * sim:.1f} ms vs {1e3 * real:.1f} ms ({100 * (sim - real) / real:+.0f}%)"
+        real = s["normalized_latency_s"]["mean"]
+        for terms, sim in row.get("simulated", {}).items():
+            sim = sim["normalized_latency_s"]["mean"]
+            lines[-1] += f" | sim ({terms}) {1e3 * sim:.1f} ms vs {1e3 * real:.1f} ms ({100 * (sim - real) / real:+.0f}%)"
     return "\n".join(lines)
+
+
+def describe_cost(cal: dict) -> str:
+    """One line of a calibration's constants (``run_bench_engine``'s JSON entry)."""
+    parts = [f"overhead {1e3 * cal['step_overhead_s']:.2f} ms", f"decode token {1e3 * cal['token_s']:.2f} ms"]
+    if cal.get("prefill_token_s") is not None:
+        parts += [f"prefill token {1e3 * cal['prefill_token_s']:.2f} ms", f"call {1e3 * cal['call_s']:.2f} ms",
+                  f"admitted prompt {1e3 * cal['admit_s']:.2f} ms"]
+    parts += [f"expert {1e3 * cal['expert_s']:.2f} ms", f"link {cal['link_bytes_per_s'] / 1e9:.2f} GB/s",
+              f"R^2 {cal['r2']:.2f}"]
+    return ", ".join(parts)
 
 
 def plot(rows, path):

@@ -61,12 +61,14 @@ def run_bench_engine(args) -> int:
         rows += bench.run_pairs(engine, workload, pairs, concurrency, args.prefetch)
         if args.calibrate:
             engine_rows = [r for r in rows if r["slots"] == c]
-            cost, r2 = bench.calibrate(engine_rows, engine.cfg.n_layers, engine.store.expert_bytes if engine.store
-                                       else 0)
-            for row in engine_rows:
-                row["calibration"] = {"r2": r2, **{k: getattr(cost, k) for k in (
-                    "step_overhead_s", "token_s", "expert_s", "link_bytes_per_s")}}
-                row["simulated"] = bench.simulated(engine, row, concurrency, cost)
+            expert_bytes = engine.store.expert_bytes if engine.store else 0
+            for terms in bench.CALIBRATION_TERMS:
+                cost, r2 = bench.calibrate(engine_rows, engine.cfg.n_layers, expert_bytes, terms)
+                for row in engine_rows:
+                    row.setdefault("calibration", {})[terms] = {"r2": r2, **{k: getattr(cost, k) for k in (
+                        "step_overhead_s", "token_s", "prefill_token_s", "call_s", "expert_s", "admit_s",
+                        "link_bytes_per_s")}}
+                    row.setdefault("simulated", {})[terms] = bench.simulated(engine, row, concurrency, cost)
     if args.overhead:
         import readme_jax
 
@@ -91,12 +93,9 @@ def run_bench_engine(args) -> int:
               f"{'closed loop x' + str(concurrency) if concurrency else 'open loop'}")
         print(bench.table(rows))
         for row in rows:
-            if "calibration" in row:
-                cal = row["calibration"]
-                print(f"calibrated (C={row['slots']}): overhead {1e3 * cal['step_overhead_s']:.2f} ms, token "
-                      f"{1e6 * cal['token_s']:.0f} us, expert {1e3 * cal['expert_s']:.2f} ms, link "
-                      f"{cal['link_bytes_per_s'] / 1e9:.2f} GB/s, R^2 {cal['r2']:.2f}")
-                break
+            if "calibration" in row and (row["batching"], row["cache"]) == pairs[0]:  # one line per C and fit
+                for terms, cal in row["calibration"].items():
+                    print(f"calibrated, {terms} terms (C={row['slots']}): {bench.describe_cost(cal)}")
         if args.overhead:
             o = result["overhead"]
             print(f"one request alone, every expert resident ({o['prompt_tokens']}-token prompt, {o['new_tokens']} "

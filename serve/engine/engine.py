@@ -72,6 +72,7 @@ class Engine:
         self.iteration = 0
         self.t0 = time.perf_counter()
         self.record = EngineRecord()
+        self._admitted = 0  # prompts admitted since the last batch (their router calls fall in its duration)
         self.totals = {"stall_s": 0.0, "host_s": 0.0, "device_s": 0.0, "tokens": 0, "finished": 0, "aborted": 0,
                        "failed": 0}
 
@@ -102,6 +103,7 @@ class Engine:
         """A new record and clock (``serve.engine.replay`` calls it at the start of a run)."""
         self.t0 = time.perf_counter()
         self.record = EngineRecord()
+        self._admitted = 0  # prompts admitted since the last batch (their router calls fall in its duration)
         self.totals = {key: 0 if isinstance(value, int) else 0.0 for key, value in self.totals.items()}
 
     # ---- requests -------------------------------------------------------------------------------------------
@@ -175,12 +177,13 @@ class Engine:
         events, self._events = self._events, []
         start = self.now()
         self._resubmit()
-        self._admit(events)
+        self._admitted += self._admit(events)
         if not len(self.scheduler):
             return events
         batch = self.scheduler.next_batch(self.iteration)
         if not batch.requests:
             raise RuntimeError(f"iteration {self.iteration}: empty batch with {len(self.scheduler)} items pending")
+        prefill_tokens = sum(r.work_tokens for r in batch.requests if r.state is RequestState.PREFILL)  # before emit
         stall, view = self._cache_access(batch)
         dispatched = [(group, self._run(group)) for group in inputs.groups(batch)]
         self._prefetch(batch, view)
@@ -196,6 +199,9 @@ class Engine:
         rec.batch_tokens.append(batch.num_tokens)
         rec.batch_experts.append(len(batch.experts))
         rec.batch_prefill.append(batch.num_prefill)
+        rec.batch_prefill_tokens.append(prefill_tokens)
+        rec.batch_admitted.append(self._admitted)
+        self._admitted = 0
         rec.batch_stall_s.append(stall)
         rec.batch_host_s.append(max(0.0, duration - stall - device_s))
         rec.batch_requests.append(tuple(r.spec.request_id for r in batch.requests))
@@ -216,14 +222,15 @@ class Engine:
         else:
             self.scheduler.submit_decodes(carry, self.iteration)
 
-    def _admit(self, events: list) -> None:
+    def _admit(self, events: list) -> int:
+        """Admit waiting requests into free rows, pre-gating their prompts; returns how many were admitted."""
         admitted = []
         while self._waiting and self._free_rows:
             seq = self._waiting.pop(0)
             seq.row = self._free_rows.pop(0)
             admitted.append(seq)
         if not admitted:
-            return
+            return 0
         experts = {}
         if self._router_leaves is not None:
             for seq in admitted:  # one prompt per call: its shape is then one of a few token buckets
@@ -239,6 +246,7 @@ class Engine:
                 self._release(seq, "error")
                 self.totals["failed"] += 1
                 events.append(TokenEvent(seq.request_id, None, True, "error", error=str(exc)))
+        return len(admitted)
 
     def _enter(self, seq: Sequence, prompt_experts) -> None:
         if seq.forced is not None:

@@ -76,6 +76,8 @@ class EngineRecord:
     batch_tokens: list = dataclasses.field(default_factory=list)
     batch_experts: list = dataclasses.field(default_factory=list)
     batch_prefill: list = dataclasses.field(default_factory=list)
+    batch_prefill_tokens: list = dataclasses.field(default_factory=list)
+    batch_admitted: list = dataclasses.field(default_factory=list)
     cache: object = None
     stream: object = None
     batch_stall_s: list = dataclasses.field(default_factory=list)

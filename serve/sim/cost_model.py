@@ -1,9 +1,14 @@
 """Cost model of one iteration: compute time from the batch's shape, transfer time from missing expert slices.
 
 1. Compute time of a batch (all N layers):
-       compute_s = step_overhead_s + token_s * num_tokens + expert_s * num_distinct_experts
+       compute_s = step_overhead_s + token_s * decode_tokens + prefill_token_s * prefill_tokens
+                   + call_s * program_calls + expert_s * num_distinct_experts + admit_s * admitted_prompts
    Per-token latency rising linearly with the distinct experts in a batch is what the paper measures (Fig. 3b);
    ``expert_s`` is the time to stream one expert's weights once per step. Each layer takes compute_s / N.
+   The paper's model has one kind of token and no per-call cost (``prefill_token_s`` defaults to ``token_s``,
+   ``call_s`` and ``admit_s`` to 0). The real engine runs each prefill chunk as its own program call and the
+   decodes as one more (``program_calls`` = prefill items + 1 if there are decodes), and pre-gates each admitted
+   prompt with one router call: the terms a fit to its iterations needs (``serve.engine.bench.calibrate``).
 2. Transfer time of one expert slice (one expert, one layer) = slice_bytes / link_bytes_per_s; the link moves
    one slice at a time.
 3. Layer timeline. Layer l must have its missing slices loaded before it computes. With layer-ahead prefetch
@@ -33,6 +38,9 @@ class CostModel:
       expert_s: time per distinct expert in the batch (all layers).
       slice_bytes: bytes of one expert's weights in one layer.
       link_bytes_per_s: host-to-device bandwidth.
+      prefill_token_s: time per prefill token (None: ``token_s``).
+      call_s: time per program call (each prefill item, and the decodes together).
+      admit_s: time per prompt admitted at this iteration (its pre-gating router call).
     """
 
     num_layers: int
@@ -41,12 +49,17 @@ class CostModel:
     expert_s: float
     slice_bytes: int
     link_bytes_per_s: float
+    prefill_token_s: float | None = None
+    call_s: float = 0.0
+    admit_s: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.num_layers, int) or self.num_layers < 1:
             raise ServeError(f"num_layers={self.num_layers!r} must be a positive integer")
-        for name in ("step_overhead_s", "token_s", "expert_s"):
+        for name in ("step_overhead_s", "token_s", "expert_s", "prefill_token_s", "call_s", "admit_s"):
             value = getattr(self, name)
+            if value is None and name == "prefill_token_s":
+                continue
             if not value >= 0.0 or value == float("inf"):
                 raise ServeError(f"{name}={value!r} must be finite and >= 0")
         if not isinstance(self.slice_bytes, int) or self.slice_bytes < 0:
@@ -58,8 +71,14 @@ class CostModel:
     def slice_transfer_s(self) -> float:
         return self.slice_bytes / self.link_bytes_per_s
 
-    def compute_s(self, num_tokens: int, num_experts: int) -> float:
-        return self.step_overhead_s + self.token_s * num_tokens + self.expert_s * num_experts
+    def compute_s(self, num_tokens: int, num_experts: int, prefill_tokens: int = 0, prefill_items: int = 0,
+                  admitted: int = 0) -> float:
+        """Step 1; ``num_tokens`` counts prefill and decode tokens together."""
+        decode = num_tokens - prefill_tokens
+        prefill_token_s = self.token_s if self.prefill_token_s is None else self.prefill_token_s
+        calls = prefill_items + (1 if decode > 0 else 0)
+        return (self.step_overhead_s + self.token_s * decode + prefill_token_s * prefill_tokens
+                + self.call_s * calls + self.expert_s * num_experts + self.admit_s * admitted)
 
     def step_s(
         self,
@@ -68,6 +87,9 @@ class CostModel:
         missing_per_layer,
         pipelined: bool = True,
         link_ready_s: float = 0.0,
+        prefill_tokens: int = 0,
+        prefill_items: int = 0,
+        admitted: int = 0,
     ) -> tuple[float, float]:
         """Duration of one iteration and the time (from its start) at which the link is free again.
 
@@ -76,8 +98,10 @@ class CostModel:
           missing_per_layer: slices to load before each layer: a list of N ints, or one int for every layer.
           pipelined: layer-ahead prefetch (True) or on-demand loading (False).
           link_ready_s: when the link finishes earlier transfers, from the iteration's start.
+          prefill_tokens, prefill_items, admitted: the batch's prefill tokens and items, and the prompts admitted
+            at this iteration (step 1).
         """
-        compute = self.compute_s(num_tokens, num_experts)
+        compute = self.compute_s(num_tokens, num_experts, prefill_tokens, prefill_items, admitted)
         if isinstance(missing_per_layer, int):
             if missing_per_layer == 0:
                 return compute, max(link_ready_s, 0.0)

@@ -27,7 +27,6 @@ normalized latency) is measured from it. At most C requests are in flight at any
 """
 
 import dataclasses
-import itertools
 import math
 import numbers
 
@@ -118,6 +117,8 @@ class SimResult:
     batch_prefill: list[int]
     cache: CacheCounters | None
     stream: AccessStream | None
+    batch_prefill_tokens: list[int] = dataclasses.field(default_factory=list)
+    batch_admitted: list[int] = dataclasses.field(default_factory=list)  # prompts submitted since the last batch
 
     @property
     def num_iterations(self) -> int:
@@ -198,6 +199,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig, stor
         for request in arrivals:
             _issue(request, 0.0)
     protect = config.protect_batch
+    admitted = 0  # prompts submitted since the last batch (the engine pre-gates each with one router call)
     while finished < total:
         if rechunked:  # step 1: carry holds decodes and, with chunked prefill, next chunks, in batch order
             for request in carry:
@@ -212,6 +214,7 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig, stor
         while next_arrival < len(arrivals) and arrivals[next_arrival].spec.arrival_s <= now:
             scheduler.submit(arrivals[next_arrival], iteration)
             next_arrival += 1
+            admitted += 1
         if not len(scheduler):
             gap = arrivals[next_arrival].spec.arrival_s - now
             link_ready = max(0.0, link_ready - gap)
@@ -245,7 +248,9 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig, stor
             if config.prefetch == "next":  # step 4
                 link_ready += _prefetch_next(cache, scheduler, view, keys, cost, slices)
 
-        duration, link_free = cost.step_s(batch.num_tokens, len(experts), missing, pipelined, link_ready)  # step 5
+        prefill_tokens = sum(r.work_tokens for r in batch.requests if r.state is RequestState.PREFILL)
+        duration, link_free = cost.step_s(batch.num_tokens, len(experts), missing, pipelined, link_ready,
+                                          prefill_tokens, batch.num_prefill, admitted)  # step 5
         link_ready = max(0.0, link_free - duration)
         end = now + duration
         result.batch_start_s.append(now)
@@ -253,6 +258,9 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig, stor
         result.batch_tokens.append(batch.num_tokens)
         result.batch_experts.append(len(experts))
         result.batch_prefill.append(batch.num_prefill)
+        result.batch_prefill_tokens.append(prefill_tokens)
+        result.batch_admitted.append(admitted)
+        admitted = 0
 
         for request in batch.requests:  # step 6
             if request.state is RequestState.PREFILL and not request.last_chunk:

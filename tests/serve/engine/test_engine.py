@@ -134,6 +134,8 @@ def test_teacher_forced_engine_equals_the_simulator(engines, prompts):
         record = replay(engine, trace, concurrency=3, teacher_forced=True)
         sim, batches, decisions = simulate_like(engine, trace, 3)
         assert record.batch_requests == batches
+        assert record.batch_prefill_tokens == sim.batch_prefill_tokens  # the calibrated cost model's inputs
+        assert record.batch_admitted == sim.batch_admitted
         assert engine.store.decisions == decisions
         assert record.cache.as_dict() == sim.cache.as_dict()
         assert [r.generated for r in record.requests] == [s.num_output_tokens for s in trace]
