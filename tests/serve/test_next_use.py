@@ -193,7 +193,9 @@ def test_bench_cache_reports_expected_in_the_loop_with_the_gap_closed():
     for name in ("belady", EXPECTED):
         gap = row["gap_closed"][name]
         assert gap == pytest.approx((row["closed_loop"][name]["hit_ratio"] - lru) / (best - lru))
-    assert "gap closed in the loop" in bench.format_cache_table(result)
+    assert set(row["loop_seconds"]) == set(row["closed_loop"]) and min(row["loop_seconds"].values()) > 0
+    table = bench.format_cache_table(result)
+    assert "gap closed in the loop" in table and "seconds per simulation in the loop" in table
     with pytest.raises(ServeError, match="in the loop only"):
         bench.run_cache_bench(specs, E, SchedulerConfig(), cost, [2], policies, regime="resident")
 
