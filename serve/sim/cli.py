@@ -148,6 +148,10 @@ def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
     cost.add_argument("--step-overhead-ms", type=float, default=None)
     cost.add_argument("--token-us", type=float, default=None)
     cost.add_argument("--expert-ms", type=float, default=None)
+    cost.add_argument("--prefill-token-us", type=float, default=None, help="per prefill token (default: --token-us)")
+    cost.add_argument("--call-ms", type=float, default=None, help="per program call (default 0; bench-engine "
+                                                                  "--calibrate fits it)")
+    cost.add_argument("--admit-ms", type=float, default=None, help="per admitted prompt (default 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     out.add_argument("--plot", default=plot_default, help=f"PNG path (default {plot_default})")
@@ -210,6 +214,12 @@ def _cost(args, trace_layers) -> CostModel:
         changes["token_s"] = args.token_us * 1e-6
     if args.expert_ms is not None:
         changes["expert_s"] = args.expert_ms * 1e-3
+    if args.prefill_token_us is not None:
+        changes["prefill_token_s"] = args.prefill_token_us * 1e-6
+    if args.call_ms is not None:
+        changes["call_s"] = args.call_ms * 1e-3
+    if args.admit_ms is not None:
+        changes["admit_s"] = args.admit_ms * 1e-3
     return dataclasses.replace(base, **changes)
 
 

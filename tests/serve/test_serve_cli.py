@@ -29,6 +29,17 @@ def test_bench_cache_json_is_a_table4_style_result(capsys):
     assert result["workload"]["synthetic"]["num_requests"] == 40 and result["env"]["python"]
 
 
+def test_engine_cost_terms_are_flags(capsys):
+    base = _json(capsys, ["bench-sched", "--json", "--no-plot", "--rates", "6", "--policies", "expert-aware", *SMALL])
+    argv = ["--prefill-token-us", "5", "--call-ms", "2", "--admit-ms", "1"]
+    slow = _json(capsys, ["bench-sched", "--json", "--no-plot", "--rates", "6", "--policies", "expert-aware", *SMALL,
+                          *argv])
+    terms = (slow["cost"]["prefill_token_s"], slow["cost"]["call_s"], slow["cost"]["admit_s"])
+    assert terms == pytest.approx((5e-6, 2e-3, 1e-3))
+    assert base["cost"]["call_s"] == 0.0 and base["cost"]["prefill_token_s"] is None
+    assert json.dumps(slow["runs"]) != json.dumps(base["runs"])  # the terms reach the simulated time
+
+
 def test_bench_sched_text_and_plot(capsys, tmp_path):
     plot = tmp_path / "sched.png"
     argv = ["bench-sched", "--rates", "5,20", "--policies", "expert-aware,decode-first", "--plot", str(plot), *SMALL]
@@ -65,6 +76,7 @@ def test_saved_trace_replays_to_the_same_numbers(capsys, tmp_path):
         (["bench-sched", "--policies", "expert-aware,sjf"], "unknown name 'sjf'"),
         (["bench-sched", "--cache-capacity", "9"], "cache capacity=9"),
         (["bench-sched", "--max-wait", "soon"], "--max-wait 'soon'"),
+        (["bench-sched", "--call-ms", "-1"], "call_s=-0.001 must be finite and >= 0"),
     ],
 )
 def test_bad_flags_print_one_error_line(capsys, argv, message):
