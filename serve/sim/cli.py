@@ -197,6 +197,18 @@ def _optional_int(text: str, flag: str):
         raise ServeError(f"{flag} {text!r}: expected an integer or none") from None
 
 
+# (flag's attribute, CostModel field, unit of the flag in the field's unit)
+_COST_FLAGS = (
+    ("link_gbps", "link_bytes_per_s", 1e9),
+    ("step_overhead_ms", "step_overhead_s", 1e-3),
+    ("token_us", "token_s", 1e-6),
+    ("expert_ms", "expert_s", 1e-3),
+    ("prefill_token_us", "prefill_token_s", 1e-6),
+    ("call_ms", "call_s", 1e-3),
+    ("admit_ms", "admit_s", 1e-3),
+)
+
+
 def _cost(args, trace_layers) -> CostModel:
     base = llama2_7b_a100()
     changes = {}
@@ -206,20 +218,10 @@ def _cost(args, trace_layers) -> CostModel:
         changes["num_layers"] = trace_layers
     if args.slice_mb is not None:
         changes["slice_bytes"] = round(args.slice_mb * 1e6)
-    if args.link_gbps is not None:
-        changes["link_bytes_per_s"] = args.link_gbps * 1e9
-    if args.step_overhead_ms is not None:
-        changes["step_overhead_s"] = args.step_overhead_ms * 1e-3
-    if args.token_us is not None:
-        changes["token_s"] = args.token_us * 1e-6
-    if args.expert_ms is not None:
-        changes["expert_s"] = args.expert_ms * 1e-3
-    if args.prefill_token_us is not None:
-        changes["prefill_token_s"] = args.prefill_token_us * 1e-6
-    if args.call_ms is not None:
-        changes["call_s"] = args.call_ms * 1e-3
-    if args.admit_ms is not None:
-        changes["admit_s"] = args.admit_ms * 1e-3
+    for flag, field, scale in _COST_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            changes[field] = value * scale
     return dataclasses.replace(base, **changes)
 
 
