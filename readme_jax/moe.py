@@ -5,7 +5,12 @@ and used by every layer (pre-gating: the router runs before the backbone).
 
 * masked-dense (``form="masked"``, for profiling and training): the dense weights plus a fixed per-layer
   neuron mask ``mask_EF``; token t keeps neurons ``mask_EF[expert_id[t]]`` of the SwiGLU intermediate.
-  Neurons shared by several experts stay weight-tied, as in the reference code.
+  Neurons shared by several experts stay weight-tied, as in the reference code. ``masked_compute`` picks how:
+  ``"mask"`` computes all F neurons and multiplies by the mask; ``"gather"`` gathers each expert's k kept
+  neurons' weights out of the dense ones and computes only those (the same function, values and gradients:
+  the gather's transpose scatter-adds into the dense weights, masked-out neurons get zero gradient). Activation
+  probes always see the full masked intermediate, and a model run dense through all-ones masks (the training
+  teacher) must compute by mask: ``with_masked_compute``.
 * sliced (``form="sliced"``, for inference and serving): per layer n, the permanent neurons (those in every
   expert's set, R_n of them) are ordinary dense parameters ``w_gate_up_D2R`` (gate and up side by side) and
   ``w_down_RD`` that every token uses; each expert's specific neurons (X_n = k - R_n) sit in one of C slots. SwiGLU is
@@ -27,7 +32,9 @@ Expert e's neuron set is its domain's top-k set, so every expert has exactly k =
 """
 
 import dataclasses
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -38,6 +45,7 @@ from readme_jax.errors import ReadmeJaxError
 from readme_jax.model import Block, Llama, _param
 
 FORMS = ("masked", "sliced")
+MASKED_COMPUTES = ("mask", "gather")  # masked form: all F neurons times the mask, or only each expert's k
 SLOT_KERNEL = "slots"
 
 
@@ -53,6 +61,7 @@ class MoEConfig(LlamaConfig):
     kernel: str | None = None  # sliced form: "slots" (None) or a kernels.gmm implementation (stacked slots)
     shared_widths: tuple[int, ...] = ()  # sliced form: R_n permanent neurons per layer kept apart; () = none
     n_slots: int = 0  # sliced form: C slots for routed experts; 0 means n_experts (all resident)
+    masked_compute: str = "mask"  # masked form: "mask" or "gather" (module docstring); the same function
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,6 +79,8 @@ class MoEConfig(LlamaConfig):
             raise ReadmeJaxError(f"keep ratio {self.keep_ratio} must be in (0, 1]")
         if self.form not in FORMS:
             raise ReadmeJaxError(f"config: form={self.form!r} not one of {FORMS}")
+        if self.masked_compute not in MASKED_COMPUTES:
+            raise ReadmeJaxError(f"config: masked_compute={self.masked_compute!r} not one of {MASKED_COMPUTES}")
         if self.domains and len(self.domains) != self.n_experts:
             raise ReadmeJaxError(f"config: {len(self.domains)} domains for n_experts={self.n_experts}")
         if not 1 <= self.n_slots <= self.n_experts:
@@ -100,6 +111,11 @@ class MoEConfig(LlamaConfig):
     def stacked_slots(self) -> bool:
         return self.kernel not in (None, SLOT_KERNEL)
 
+    @property
+    def gathers(self) -> bool:
+        """Whether the masked form computes only each expert's k neurons (``masked_compute="gather"``)."""
+        return self.form == "masked" and self.masked_compute == "gather"
+
     def active_params(self) -> int:
         """Parameters touched by one token (one expert)."""
         return self.dense().replace(d_ff=self.expert_width).num_params()
@@ -119,6 +135,35 @@ class MoEConfig(LlamaConfig):
 
 class NeuronMask(nnx.Variable):
     """A fixed neuron selection (the masked form's mask_EF): part of the model state, never trained."""
+
+
+class GatherRoute(NamedTuple):
+    """The masked form's route under ``masked_compute="gather"``: the expert ids, plus (E > 1) the tokens'
+    grouping by expert, built once per forward and reused by every layer's grouped MLP."""
+
+    expert_id_BL: jax.Array
+    meta: object  # kernels.gmm.GroupMetadata, or None for E == 1 (one dense SwiGLU)
+
+
+def route_expert_ids(route):
+    """The masked form's expert ids [B, L] from a prepared route (plain ids, or a ``GatherRoute``)."""
+    return route.expert_id_BL if isinstance(route, GatherRoute) else route
+
+
+def kept_neurons(mask_EF, k: int):
+    """idx_EK: the k kept neurons of each expert, ascending. ``k`` is static: every expert keeps exactly k
+    (checked where the masks are built into a model, ``readme_jax.refactor.build_moe``)."""
+    return jax.vmap(lambda row_F: jnp.nonzero(row_F, size=k)[0].astype(jnp.int32))(mask_EF)
+
+
+def check_expert_width(masks_NEF, k: int) -> None:
+    """Refuse masks in which some expert does not keep exactly k neurons (the gathered MLP's static size)."""
+    counts_NE = np.asarray(masks_NEF, bool).sum(axis=-1)
+    if (counts_NE != k).any():
+        n, e = (int(i) for i in np.argwhere(counts_NE != k)[0])
+        raise ReadmeJaxError(f"masked_compute='gather' needs every expert to keep exactly expert_width={k} "
+                             f"neurons per layer; layer {n}, expert {e} keeps {int(counts_NE[n, e])} "
+                             "(use masked_compute='mask')")
 
 
 class SlotTable(nnx.Variable):
@@ -156,7 +201,9 @@ class MoEBlock(Block):
 
     def mlp(self, h_BLD, route, probe=None):
         if self.cfg.form == "masked":
-            hidden_BLF = self.mlp_hidden(h_BLD) * self.mask_EF[...][route].astype(h_BLD.dtype)
+            if self.cfg.gathers and probe is None:
+                return self.gathered_mlp(h_BLD, route)
+            hidden_BLF = self.mlp_hidden(h_BLD) * self.mask_EF[...][route_expert_ids(route)].astype(h_BLD.dtype)
             if probe is not None:
                 probe(hidden_BLF)
             return jnp.einsum("BLF,FD->BLD", hidden_BLF, self.w_down_FD[...])
@@ -172,6 +219,24 @@ class MoEBlock(Block):
         if hasattr(self, "w_gate_up_D2R"):  # the permanent neurons: one dense SwiGLU for every token
             y_BLD = y_BLD + swiglu(h_BLD, self.w_gate_up_D2R[...], self.w_down_RD[...])
         return y_BLD
+
+    def gathered_mlp(self, h_BLD, route: GatherRoute):
+        """The masked MLP over each expert's k kept neurons only: SwiGLU is elementwise over neurons, so the
+        masked-out ones add exactly nothing and can be skipped. The weights are gathered from the dense ones
+        every forward (the dense weights are what training updates and checkpoints)."""
+        idx_EK = kept_neurons(self.mask_EF[...], self.cfg.expert_width)
+        w_gate_DF, w_up_DF, w_down_FD = self.w_gate_DF[...], self.w_up_DF[...], self.w_down_FD[...]
+        if route.meta is None:  # one expert: every token uses the same k neurons, one dense SwiGLU
+            idx_K = idx_EK[0]
+            gate_BLK = jnp.einsum("BLD,DK->BLK", h_BLD, w_gate_DF[:, idx_K])
+            up_BLK = jnp.einsum("BLD,DK->BLK", h_BLD, w_up_DF[:, idx_K])
+            return jnp.einsum("BLK,KD->BLD", jax.nn.silu(gate_BLK) * up_BLK, w_down_FD[idx_K])
+        w_gate_EDK = jnp.take(w_gate_DF, idx_EK, axis=1).transpose(1, 0, 2)
+        w_up_EDK = jnp.take(w_up_DF, idx_EK, axis=1).transpose(1, 0, 2)
+        w_down_EKD = w_down_FD[idx_EK]
+        # one expert per token: the grouped matmuls (custom VJP) compute only each token's own expert
+        return moe_mlp(h_BLD, w_gate_EDK, w_up_EDK, w_down_EKD, route.meta,
+                       implementation=self.cfg.kernel if self.cfg.stacked_slots else None)
 
 
 class MoELlama(Llama):
@@ -200,6 +265,9 @@ class MoELlama(Llama):
         if route is None:
             raise ReadmeJaxError("the MoE model needs expert ids [B, L] (route=...) for every forward")
         expert_id_BL = jnp.asarray(route, jnp.int32)
+        if self.cfg.gathers:  # one grouping by expert per forward (none needed for a single expert)
+            E = self.cfg.n_experts
+            return GatherRoute(expert_id_BL, make_moe_metadata(expert_id_BL, E, check=False) if E > 1 else None)
         if self.cfg.form == "masked":
             return expert_id_BL
         slot_BL = self.slots_of(expert_id_BL)
@@ -207,6 +275,22 @@ class MoELlama(Llama):
         if self.cfg.stacked_slots:
             return make_moe_metadata(slot_BL, self.cfg.n_slots, check=False)
         return make_slot_plan(slot_BL.reshape(-1), self.cfg.n_slots)
+
+
+def with_masked_compute(model: MoELlama, compute: str) -> MoELlama:
+    """``model`` (merged, e.g. inside a jitted step) switched to compute its masked MLP by ``compute``.
+
+    Needed where a masked model runs with other masks than the k-neuron expert sets it was built for: the
+    training teacher runs the backbone dense through all-ones masks, which a gathered MLP would cut to k.
+    """
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, MoEConfig) or cfg.masked_compute == compute:
+        return model
+    cfg = dataclasses.replace(cfg, masked_compute=compute)
+    model.cfg = cfg
+    for block in model.blocks:
+        block.cfg = cfg
+    return model
 
 
 def check_resident(cfg: MoEConfig, table_E, expert_ids) -> None:

@@ -115,13 +115,14 @@ def sliced_pure(dense_pure: dict, masks_NEF: np.ndarray, split_shared: bool = Tr
 
 def build_moe(dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, form: str = "masked", domains=(),
               keep_ratio: float | None = None, kernel: str | None = None, split_shared: bool = True,
-              n_slots: int | None = None):
+              n_slots: int | None = None, masked_compute: str = "mask"):
     """A ``MoELlama`` in the requested form from dense weights and expert neuron sets.
 
     The sliced form keeps the permanent neurons apart (``split_shared``) and fills ``n_slots`` slots (default:
-    every expert resident); ``kernel`` picks its slot layout (``readme_jax.moe``).
+    every expert resident); ``kernel`` picks its slot layout (``readme_jax.moe``). ``masked_compute``: how the
+    masked form computes its MLP (``"mask"`` or ``"gather"``, ``readme_jax.moe``).
     """
-    from readme_jax.moe import MoEConfig, MoELlama
+    from readme_jax.moe import MoEConfig, MoELlama, check_expert_width
     from readme_jax.weights import build_model
 
     N, E, F = masks_NEF.shape
@@ -131,9 +132,12 @@ def build_moe(dense_cfg, dense_pure: dict, masks_NEF: np.ndarray, form: str = "m
     width = int(masks_NEF[0, 0].sum())
     fields = dict(n_experts=E, expert_width=width, form=form, domains=tuple(domains),
                   keep_ratio=keep_ratio if keep_ratio is not None else width / F, kernel=kernel,
-                  n_slots=n_slots or 0)
+                  n_slots=n_slots or 0, masked_compute=masked_compute)
     if form == "masked":
-        return build_model(MoEConfig.from_dense(dense_cfg, **fields), masked_pure(dense_pure, masks_NEF), MoELlama)
+        cfg = MoEConfig.from_dense(dense_cfg, **fields)
+        if cfg.gathers:  # the gathered MLP's static size: every expert must keep exactly k neurons
+            check_expert_width(masks_NEF, width)
+        return build_model(cfg, masked_pure(dense_pure, masks_NEF), MoELlama)
     probe = MoEConfig.from_dense(dense_cfg, **fields)  # validates n_slots and kernel before any slicing
     pure, shared = sliced_pure(dense_pure, masks_NEF, split_shared, probe.stacked_slots, probe.n_slots)
     return build_model(MoEConfig.from_dense(dense_cfg, **fields, shared_widths=shared), pure, MoELlama)

@@ -33,3 +33,17 @@ class ByteTokenizer:
 
     def decode(self, ids, skip_special_tokens=False):
         return " ".join(str(i) for i in ids)
+
+
+def tiny_moe_parts(n_experts: int, seed: int = 2):
+    """(cfg, dense weights as a numpy pure dict, random domain masks [N, E, F] at keep ratio 0.5)."""
+    import numpy as np
+    from flax import nnx
+
+    from readme_jax import refactor
+    from readme_jax.lm import jax_to_numpy
+
+    cfg = tiny_config()
+    pure = jax_to_numpy(nnx.to_pure_dict(nnx.split(tiny_model(cfg, seed=seed))[1]))
+    stats = np.random.default_rng(seed + 1).random((n_experts, cfg.n_layers, cfg.d_ff))
+    return cfg, pure, refactor.domain_masks(stats, 0.5)

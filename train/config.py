@@ -10,12 +10,15 @@
 import dataclasses
 import typing
 
+import numpy as np
+
 from readme_jax.errors import ReadmeJaxError
 from train.losses import DISTILL_FORMS, EXPERT_LOSSES, KL_DIRECTIONS
 
 TEACHERS = ("dense", "previous")  # the original dense model, or the previous round's backbone run dense
 EXPERT_PARAMS = ("experts", "all")  # expert stage trains the MLPs only, or every non-router parameter
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MLP_COMPUTES = ("auto", "mask", "gather")  # how the masked MoE computes its MLP (readme_jax.moe.MASKED_COMPUTES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,7 @@ class TrainConfig:
     kd_weight: float = 0.5  # mix: (1 - kd_weight) * lm + kd_weight * kd
     compute_dtype: str = "float32"
     remat: bool = False  # per-block rematerialisation in the training steps (activation memory of one block)
+    mlp_compute: str = "auto"  # mask: all d_ff neurons times the mask; gather: only the k kept; auto: resolve_mlp_compute
     router_mlp: str = "silu"
     router_d_model: int = 0  # 0: the largest width within the 2% cost budget (RouterConfig.for_backbone)
     router_rope_theta: float = 0.0  # 0: the backbone's rope_theta, as the reference code does
@@ -69,7 +73,7 @@ class TrainConfig:
                                      f"micro_batch={self.micro_batch}")
         choices = {"distill": DISTILL_FORMS, "kl_direction": KL_DIRECTIONS, "teacher": TEACHERS,
                    "expert_params": EXPERT_PARAMS, "compute_dtype": COMPUTE_DTYPES, "router_mlp": ("silu", "swiglu"),
-                   "expert_loss": EXPERT_LOSSES}
+                   "expert_loss": EXPERT_LOSSES, "mlp_compute": MLP_COMPUTES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ReadmeJaxError(f"train config: {name}={getattr(self, name)!r} not one of {allowed}")
@@ -136,3 +140,17 @@ def make_config(preset: str = "default", overrides=()) -> TrainConfig:
             raise ReadmeJaxError(f"unknown override key {name!r}; valid keys: {valid}")
         changes[name] = _coerce(name, hints[name], value.strip())
     return PRESETS[preset].replace(**changes)
+
+
+def resolve_mlp_compute(choice: str, masks_NEF) -> str:
+    """The masked MoE's ``masked_compute`` for a run: ``choice`` unless it is ``"auto"``.
+
+    ``auto`` gathers for a single expert (the pruned-dense baseline: one dense SwiGLU over half the neurons,
+    0.79x the masked step's time in scripts/train_step_bench.py) and masks otherwise: with E = 6 experts the
+    per-forward weight gather (E * k = 3 d_ff columns) ate the saved FLOPs on the CPU (1.00x, docs/pipeline.md).
+    Gathering also needs every expert to keep the same number of neurons in every layer.
+    """
+    if choice != "auto":
+        return choice
+    counts = np.asarray(masks_NEF, bool).sum(axis=-1)
+    return "gather" if counts.shape[1] == 1 and (counts == counts.flat[0]).all() else "mask"

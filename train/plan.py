@@ -90,8 +90,9 @@ def abstract_run(cfg: TrainConfig, dense_cfg: LlamaConfig, n_experts: int):
     from readme_jax.router import Router, RouterConfig
 
     width = dense_cfg.d_ff // 2  # keep ratio 0.5, as refactoring does by default
+    compute = cfg.mlp_compute if cfg.mlp_compute != "auto" else ("gather" if n_experts == 1 else "mask")
     moe_cfg = MoEConfig.from_dense(dense_cfg.replace(dtype="float32"), n_experts=n_experts, expert_width=width,
-                                   form="masked", keep_ratio=0.5)
+                                   form="masked", keep_ratio=0.5, masked_compute=compute)
     backbone_gd, params, masks = nnx.split(nnx.eval_shape(lambda: MoELlama(moe_cfg, rngs=nnx.Rngs(0))),
                                            nnx.Param, NeuronMask)
     overrides = {"mlp": cfg.router_mlp, "max_seq_len": max(cfg.seq_len, dense_cfg.max_seq_len)}

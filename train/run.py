@@ -16,7 +16,7 @@ from flax import nnx
 
 from readme_jax import atomic
 from readme_jax.errors import ReadmeJaxError
-from train.config import TrainConfig
+from train.config import TrainConfig, resolve_mlp_compute
 from train.loop import Setup, Trainer
 
 
@@ -62,7 +62,7 @@ def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, pro
     _, dense_params = load_hf_sharded(folder, lambda path, shape: NamedSharding(
         mesh, sharding.logical_spec(sharding.PARAM_AXES[path[-1]], shape, mesh)))
     model = build_moe(dense_cfg, dense_params, masks_NEF, "masked", parts.get("experts", parts["domains"]),
-                      parts["keep_ratio"])
+                      parts["keep_ratio"], masked_compute=resolve_mlp_compute(cfg.mlp_compute, masks_NEF))
     backbone_gd, params, masks = nnx.split(model, nnx.Param, NeuronMask)
     overrides = {"mlp": cfg.router_mlp, "max_seq_len": max(cfg.seq_len, dense_cfg.max_seq_len)}
     if cfg.router_d_model:

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from readme_jax.errors import ReadmeJaxError
+from readme_jax.moe import with_masked_compute
 from readme_jax.trees import leaf_name
 from train import losses
 
@@ -93,13 +94,19 @@ class StepSpec:
         return self.expert_loss != "lm"
 
 
+def dense_teacher(backbone_gd, teacher_params, ones_masks):
+    """The backbone run dense: all-ones neuron masks, computed by mask whatever the run's ``mlp_compute`` (a
+    gathered MLP keeps k neurons per expert, not the d_ff of an all-ones mask)."""
+    return with_masked_compute(nnx.merge(backbone_gd, teacher_params, ones_masks), "mask")
+
+
 def teacher_targets(spec: StepSpec, backbone_gd, teacher_params, ones_masks, tokens_BL, masks_NEF, permanent_NF):
     """(scores [Z, B, L, E] for the loss, oracle label [B, L]) from the teacher run dense, no gradient.
 
     Z = 1 for the paper form (Eq. 4 needs only the layer-summed overlap) and Z = N for the reference form
     (one target per layer). The label is the issue's oracle: argmax of the layer-summed top-k overlap.
     """
-    teacher = nnx.merge(backbone_gd, cast_compute(teacher_params, jnp.dtype(spec.compute_dtype)), ones_masks)
+    teacher = dense_teacher(backbone_gd, cast_compute(teacher_params, jnp.dtype(spec.compute_dtype)), ones_masks)
     B, L = tokens_BL.shape
     scores, layer = [], iter(range(masks_NEF.shape[0]))
     overlap_BLE = jnp.zeros((B, L, masks_NEF.shape[1]), jnp.float32)
@@ -178,7 +185,7 @@ def make_expert_step(spec: StepSpec, router_gd, backbone_gd, tx, shardings=None)
             teacher_BLV = None
             if spec.uses_teacher:
                 teacher, ones = teacher_args
-                dense = nnx.merge(backbone_gd, cast_compute(teacher, dt), ones)
+                dense = dense_teacher(backbone_gd, cast_compute(teacher, dt), ones)
                 teacher_BLV = jax.lax.stop_gradient(dense(tokens_BL, route=route_BL))
 
             def loss_fn(train_params):

@@ -109,17 +109,28 @@ class ContinuingItem:
 
 
 class _ExpertAware:
-    def __init__(self, num_experts: int):
+    def __init__(self, num_experts: int, prefer_resident: float = 0.0, resident=None):
         self.queues = [FifoQueue() for _ in range(num_experts)]
+        # Cache-aware choice of queue (``SchedulerConfig.prefer_resident``): a resident expert's queue counts
+        # as (1 + prefer_resident) times its tokens. ``resident`` is the cache's live set of expert ids.
+        self.boost = 1.0 + prefer_resident
+        self.resident = resident if prefer_resident else None
+
+    def _size(self, expert: int, tokens: int) -> float:
+        return tokens * self.boost if expert in self.resident else tokens
 
     def queue_for(self, request: Request) -> FifoQueue:
         return self.queues[request.queue_expert]
 
     def fill(self, out: list, budget: int, limit: int, cap=None) -> int:
         queues = self.queues
+        resident = self.resident
         while budget > 0 and len(out) < limit:
             # max() returns the first maximal queue, i.e. the lowest expert id on ties.
-            largest = max(queues, key=_tokens)
+            if resident is None:
+                largest = max(queues, key=_tokens)
+            else:
+                largest = queues[max(range(len(queues)), key=lambda e: self._size(e, queues[e].tokens))]
             if largest.tokens == 0:
                 break  # every queue is empty (the printed pseudo-code would loop forever here)
             if (largest.tokens <= budget and len(largest.items) <= limit - len(out)
@@ -138,7 +149,11 @@ class _ExpertAware:
         for item in extra:
             tails[item.queue_expert].append(item)
         # Each extra item adds one token to its queue; sorted() is stable, so ties keep the lowest id first.
-        ordered = sorted(range(len(self.queues)), key=lambda e: -(self.queues[e].tokens + len(tails[e])))
+        if self.resident is None:
+            ordered = sorted(range(len(self.queues)), key=lambda e: -(self.queues[e].tokens + len(tails[e])))
+        else:
+            ordered = sorted(range(len(self.queues)),
+                             key=lambda e: -self._size(e, self.queues[e].tokens + len(tails[e])))
         return itertools.chain.from_iterable(itertools.chain(self.queues[e].items, tails[e]) for e in ordered)
 
 
@@ -183,9 +198,9 @@ class _Fcfs:
         return itertools.chain(self.queue.items, extra)
 
 
-def make_batching(name: str, num_experts: int):
+def make_batching(name: str, num_experts: int, prefer_resident: float = 0.0, resident=None):
     if name == "expert-aware":
-        return _ExpertAware(num_experts)
+        return _ExpertAware(num_experts, prefer_resident, resident)
     if name == "fcfs":
         return _Fcfs()
     return _PhaseOrdered(decode_first=(name == "decode-first"))

@@ -69,6 +69,9 @@ class SchedulerConfig:
       max_batch_experts: expert cap; a batch touches at most this many distinct experts (the real engine sets
         it to its number of device slots). With it, prompts are prefilled in chunks that each fit the cap and
         the token budget (``types.prefill_chunks``). None: no cap.
+      prefer_resident: expert-aware only: a resident expert's queue counts as (1 + prefer_resident) times its
+        tokens when the next queue is chosen (module docstring). 0: the paper's Algorithm 1. Needs the cache's
+        resident set (``Scheduler(..., resident=cache.resident)``).
     """
 
     policy: str = "expert-aware"
@@ -76,6 +79,7 @@ class SchedulerConfig:
     max_wait_iterations: int | None = 64
     max_batch_requests: int | None = None
     max_batch_experts: int | None = None
+    prefer_resident: float = 0.0
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -98,6 +102,7 @@ class SchedulerConfig:
             or self.max_batch_experts < 1
         ):
             raise ServeError(f"max_batch_experts={self.max_batch_experts!r} must be None or a positive integer")
+        check_prefer_resident(self.prefer_resident, self.policy)
 
     def chunks(self, spec):
         """The prefill chunks of ``spec`` under this config (one chunk, the whole prompt, without an expert cap)."""
@@ -111,15 +116,28 @@ class SchedulerConfig:
         return NO_CAP if self.max_batch_requests is None else self.max_batch_requests
 
 
+def check_prefer_resident(weight, policy: str) -> None:
+    """``prefer_resident`` is a finite number >= 0, and nonzero only for expert-aware batching."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ServeError(f"prefer_resident={weight!r} must be a finite number >= 0")
+    if weight and policy != "expert-aware":
+        raise ServeError(f"prefer_resident={weight!r} applies to expert-aware batching only, not {policy!r}")
+
+
 class Scheduler:
     """Holds the pending work items and forms one batch per iteration (see the module docstring)."""
 
-    def __init__(self, config: SchedulerConfig, num_experts: int):
+    def __init__(self, config: SchedulerConfig, num_experts: int, resident=None):
+        """``resident``: the expert cache's live set of resident expert ids, read at every batch by
+        ``prefer_resident`` (the set object itself, not a copy)."""
         if not isinstance(num_experts, int) or num_experts < 1:
             raise ServeError(f"num_experts={num_experts!r} must be a positive integer")
+        if config.prefer_resident and resident is None:
+            raise ServeError("prefer_resident needs the expert cache's resident set (Scheduler(..., resident=...)); "
+                             "without a cache every expert is resident")
         self.config = config
         self.num_experts = num_experts
-        self._policy = make_batching(config.policy, num_experts)
+        self._policy = make_batching(config.policy, num_experts, config.prefer_resident, resident)
         self._num_pending = 0
         self._next_iteration = 0  # the iteration the next batch will most likely be formed at
         # Pending items touching each expert; lets a lookahead stop once it has seen every expert in use.

@@ -20,19 +20,36 @@ import random
 import numpy as np
 
 from serve.core.metrics import summarize
+from serve.core.scheduler import check_prefer_resident
 from serve.core.types import RequestSpec, ServeError
 
 DEFAULT_PAIRS = ("expert-aware/belady", "expert-aware/lru", "decode-first/belady", "decode-first/lru")
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``BATCHING/CACHE,...``; BATCHING may be ``expert-aware:W``, expert-aware batching with
+    ``prefer_resident=W`` (cache-aware queue choice)."""
     pairs = []
     for item in text.split(","):
         batching, sep, cache = item.strip().partition("/")
         if not sep or not batching or not cache:
             raise ServeError(f"--pairs: {item!r} is not BATCHING/CACHE (e.g. expert-aware/belady)")
+        batching_settings(batching)
         pairs.append((batching, cache))
     return pairs
+
+
+def batching_settings(label: str) -> dict:
+    """The engine settings a batching label of ``--pairs`` stands for: ``{"batching", "prefer_resident"}``."""
+    policy, sep, weight = label.partition(":")
+    if not sep:
+        return {"batching": policy, "prefer_resident": 0.0}
+    try:
+        value = float(weight)
+    except ValueError:
+        raise ServeError(f"--pairs: {label!r}: the weight after ':' must be a number (prefer_resident)") from None
+    check_prefer_resident(value, policy)
+    return {"batching": policy, "prefer_resident": value}
 
 
 def heldout_workload(engine, num_requests: int, max_new_tokens: int, seed: int = 0, progress: bool = True):
@@ -82,11 +99,11 @@ def run_pairs(engine, specs, pairs, concurrency, prefetch: str, progress=None) -
     from serve.engine.replay import replay
 
     for batching in dict.fromkeys(b for b, _ in pairs):
-        engine.reset(batching=batching, cache_policy=pairs[0][1], prefetch=prefetch)
+        engine.reset(**batching_settings(batching), cache_policy=pairs[0][1], prefetch=prefetch)
         replay(engine, specs, concurrency)
     rows = []
     for batching, cache in pairs:
-        engine.reset(batching=batching, cache_policy=cache, prefetch=prefetch)
+        engine.reset(**batching_settings(batching), cache_policy=cache, prefetch=prefetch)
         compiles = engine.programs.compiles
         record = replay(engine, specs, concurrency, progress=progress)
         summary = summarize(record)
@@ -168,7 +185,7 @@ def simulated(engine, row, concurrency, cost) -> dict:
     from serve.engine.replay import simulate_like
 
     specs = [r.spec for r in row["record"].requests]
-    engine.reset(batching=row["batching"], cache_policy=row["cache"], prefetch=row["prefetch"])
+    engine.reset(**batching_settings(row["batching"]), cache_policy=row["cache"], prefetch=row["prefetch"])
     sim, _, _ = simulate_like(engine, specs, concurrency, cost)
     return summarize(sim)
 

@@ -80,12 +80,13 @@ def build(lm, config) -> Parts:
 
 def policy_parts(config, num_experts: int, slots: int, store):
     """(scheduler, expert cache or None, next-use model or None) for ``config``: the parts a reset renews."""
-    scheduler = Scheduler(SchedulerConfig(policy=config.batching, max_batch_tokens=config.max_batch_tokens,
-                                          max_wait_iterations=config.max_wait_iterations,
-                                          max_batch_requests=config.max_seqs,
-                                          max_batch_experts=config.max_batch_experts or slots), num_experts)
-    if store is None:
-        return scheduler, None, None
+    limits = SchedulerConfig(policy=config.batching, max_batch_tokens=config.max_batch_tokens,
+                             max_wait_iterations=config.max_wait_iterations, max_batch_requests=config.max_seqs,
+                             max_batch_experts=config.max_batch_experts or slots,
+                             prefer_resident=config.prefer_resident)
+    if store is None:  # a dense model: its one expert is always resident
+        return Scheduler(limits, num_experts, resident=frozenset(range(num_experts))), None, None
     cache = ExpertCache(slots, make_policy(config.cache_policy, config.seed), store.expert_bytes, store)
+    scheduler = Scheduler(limits, num_experts, resident=cache.resident)
     next_use = NextUseConfig().model(num_experts) if config.cache_policy == EXPECTED else None
     return scheduler, cache, next_use

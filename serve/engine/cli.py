@@ -12,7 +12,8 @@ def register(sub) -> None:
     b.add_argument("--model", required=True, help="a Read-ME MoE folder (or 'default' with --trace)")
     b.add_argument("--slots", default="2,3", help="device expert slots C, comma-separated (default 2,3)")
     b.add_argument("--pairs", default="expert-aware/belady,expert-aware/lru,decode-first/belady,decode-first/lru",
-                   help="BATCHING/CACHE pairs, comma-separated")
+                   help="BATCHING/CACHE pairs, comma-separated; BATCHING expert-aware:W prefers resident "
+                        "experts (prefer_resident=W), e.g. expert-aware:1/belady")
     b.add_argument("--prefetch", default="next", help="engine prefetch mode: next or none (default next)")
     b.add_argument("--trace", default=None, help="a JSONL routing trace whose prompts to serve (default: held-out "
                                                   "text of the model's domains)")
@@ -52,7 +53,7 @@ def run_bench_engine(args) -> int:
     concurrency = args.concurrency or None
     rows, workload = [], None
     for c in slots:
-        engine = Engine.load(args.model, slots=c, batching=pairs[0][0], cache_policy=pairs[0][1],
+        engine = Engine.load(args.model, slots=c, **bench.batching_settings(pairs[0][0]), cache_policy=pairs[0][1],
                              max_seqs=args.max_seqs, prefetch=args.prefetch, max_batch_tokens=args.max_batch_tokens,
                              max_batch_experts=args.max_batch_experts)
         if workload is None:

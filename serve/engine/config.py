@@ -3,7 +3,7 @@
 import dataclasses
 
 from serve.core.cache_policies import POLICY_NAMES
-from serve.core.scheduler import POLICIES
+from serve.core.scheduler import POLICIES, check_prefer_resident
 from serve.core.types import ServeError
 
 ENGINE_PREFETCH = ("none", "next")  # whole-expert slots: "layer" (per-layer streaming) has no meaning here
@@ -26,6 +26,8 @@ class EngineConfig:
       max_batch_experts: distinct experts one batch may touch (None: C, the most the slots allow). Below C,
         the slots the batch does not need give the eviction policy a choice on every miss.
       seed: the random policy's seed.
+      prefer_resident: expert-aware batching only: a resident expert's queue counts as (1 + w) times its tokens
+        when the scheduler picks the next queue (``serve.core.scheduler``); 0 is the paper's Algorithm 1.
     """
 
     slots: int | None = None
@@ -39,6 +41,7 @@ class EngineConfig:
     lookahead_items: int | None = 1024
     seed: int = 0
     max_batch_experts: int | None = None
+    prefer_resident: float = 0.0
 
     def __post_init__(self):
         if self.cache_policy not in POLICY_NAMES:
@@ -52,6 +55,7 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ServeError(f"{name}={value!r} must be a positive integer")
+        check_prefer_resident(self.prefer_resident, self.batching)
         if self.slots is not None and (isinstance(self.slots, bool) or not isinstance(self.slots, int)):
             raise ServeError(f"slots={self.slots!r} must be an integer (device expert slots) or None")
 

@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--slots", type=int, default=None, help="device expert slots C (default: every expert)")
     p.add_argument("--cache-policy", default="belady", help="expert cache eviction policy (default belady)")
     p.add_argument("--batching", default="expert-aware", help="batching policy (default expert-aware)")
+    p.add_argument("--prefer-resident", type=float, default=0.0, metavar="W",
+                   help="expert-aware batching: a resident expert's queue counts as (1 + W) times its tokens when "
+                        "the next queue is chosen, so batches keep to the experts in the slots (default 0: the "
+                        "paper's Algorithm 1)")
     p.add_argument("--prefetch", default="next", help="expert prefetch mode (default next)")
     p.add_argument("--max-seqs", type=int, default=16, help="requests generating at once (default 16)")
     p.add_argument("--max-waiting", type=int, default=64,
@@ -68,7 +72,8 @@ def run_serve(args) -> int:
 
     config = ServerConfig(max_waiting=args.max_waiting, model_name=args.served_model_name)
     engine = Engine.load(args.model, slots=args.slots, cache_policy=args.cache_policy, batching=args.batching,
-                         max_seqs=args.max_seqs, prefetch=args.prefetch, seed=args.seed)
+                         max_seqs=args.max_seqs, prefetch=args.prefetch, seed=args.seed,
+                         prefer_resident=args.prefer_resident)
     app = create_app(engine, config, source=args.model)
     return run(app, args.host, args.port, grace_s=args.grace_s, log_level=args.log_level)
 

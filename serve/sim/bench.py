@@ -178,7 +178,9 @@ def run_sched_bench(
     for rate, specs in workloads:
         for policy in policies:
             config = SimConfig(
-                dataclasses.replace(scheduler, policy=policy),
+                # prefer_resident is a knob of expert-aware batching only; the other policies run without it
+                dataclasses.replace(scheduler, policy=policy,
+                                    prefer_resident=scheduler.prefer_resident if policy == "expert-aware" else 0.0),
                 cost,
                 cache,
                 prefetch,
@@ -197,6 +199,7 @@ def run_sched_bench(
         "max_batch_tokens": scheduler.max_batch_tokens,
         "max_batch_requests": scheduler.max_batch_requests,
         "max_wait_iterations": scheduler.max_wait_iterations,
+        "prefer_resident": scheduler.prefer_resident,
         "concurrency": concurrency,
         "cache": None if cache is None else dataclasses.asdict(cache),
         "prefetch": prefetch,

@@ -141,6 +141,9 @@ def _add_common(parser: argparse.ArgumentParser, plot_default: str) -> None:
         help="sequence cap: at most N work items (sequences) per batch (default: no cap)",
     )
     batching.add_argument("--max-wait", default="32", help="starvation bound in iterations, or none")
+    batching.add_argument("--prefer-resident", type=float, default=0.0, metavar="W",
+                          help="expert-aware batching: a resident expert's queue counts as (1 + W) times its tokens "
+                               "(needs an expert-unit cache; default 0: the paper's Algorithm 1)")
     cost = parser.add_argument_group("cost model (defaults: Llama-2-7B Read-ME on an A100, see docs/serving.md)")
     cost.add_argument("--num-layers", type=int, default=None, help="N (default: the trace's, else 32)")
     cost.add_argument("--slice-mb", type=float, default=None, help="MB of one expert in one layer")
@@ -227,7 +230,8 @@ def _cost(args, trace_layers) -> CostModel:
 
 def _scheduler(args, policy: str) -> SchedulerConfig:
     return SchedulerConfig(
-        policy, args.max_batch_tokens, _optional_int(args.max_wait, "--max-wait"), args.max_batch_requests
+        policy, args.max_batch_tokens, _optional_int(args.max_wait, "--max-wait"), args.max_batch_requests,
+        prefer_resident=args.prefer_resident if policy == "expert-aware" else 0.0,
     )
 
 
@@ -319,7 +323,7 @@ def _bench_sched(args) -> int:
             args.seed,
             _optional_int(args.lookahead_items, "--lookahead-items"),
         )
-    scheduler = _scheduler(args, policies[0])
+    scheduler = _scheduler(args, "expert-aware")  # run_sched_bench sets each policy (and drops W for the others)
     result = bench.run_sched_bench(
         workloads,
         num_experts,

@@ -162,12 +162,16 @@ def simulate(specs: list[RequestSpec], num_experts: int, config: SimConfig, stor
     requests = _validate(specs, num_experts, check_order=not closed, scheduler=config.scheduler)
     if config.cache is not None and config.cache.num_experts != num_experts:
         raise ServeError(f"cache num_experts={config.cache.num_experts} differs from the workload's {num_experts}")
-    scheduler = Scheduler(config.scheduler, num_experts)
     cost = config.cost
     cache = None
     if config.cache is not None:
         cache = ExpertCache.from_config(config.cache, cost.slice_bytes, store)
     slices = config.cache is not None and config.cache.unit == "slice"
+    if slices and config.scheduler.prefer_resident:
+        raise ServeError("prefer_resident needs an expert-unit cache (a slice cache holds layers of experts)")
+    # Without a cache every expert is resident, so preferring resident experts changes nothing.
+    scheduler = Scheduler(config.scheduler, num_experts,
+                          resident=cache.resident if cache is not None else frozenset(range(num_experts)))
     num_layers = cost.num_layers
     # The lookahead is needed only by Belady and by speculative prefetch.
     wants_lookahead = cache is not None and (config.cache.policy in LOOKAHEAD_POLICIES or config.prefetch == "next")

@@ -11,19 +11,17 @@ from flax import nnx
 from readme_jax import functional, refactor, slots
 from readme_jax.errors import ReadmeJaxError
 from readme_jax.generate import SamplingParams, generate_ids
-from readme_jax.lm import MoELM, jax_to_numpy
+from readme_jax.lm import MoELM
 from readme_jax.moe import MoEConfig
 from readme_jax.router import RouterConfig, init_router
-from tests.helpers import tiny_config, tiny_model
+from tests.helpers import tiny_config, tiny_moe_parts
 
 E = 4
 
 
 @pytest.fixture(scope="module")
 def full():
-    cfg = tiny_config()
-    pure = jax_to_numpy(nnx.to_pure_dict(nnx.split(tiny_model(cfg, seed=2))[1]))
-    masks = refactor.domain_masks(np.random.default_rng(3).random((E, cfg.n_layers, cfg.d_ff)), 0.5)
+    cfg, pure, masks = tiny_moe_parts(E)
     model = refactor.build_moe(cfg, pure, masks, "sliced")
     rng = np.random.default_rng(4)
     tokens = jnp.asarray(rng.integers(4, cfg.vocab_size, (2, 12)))
