@@ -21,6 +21,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from readme_jax import oracle
+from readme_jax.errors import ReadmeJaxError
 from readme_jax.refactor import build_moe
 
 
@@ -46,12 +47,22 @@ class Routes:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
+def _agreed_prefix(agree_L, w_L) -> int:
+    """How many of the weighted positions agree before the first that does not."""
+    a = np.asarray(agree_L)[np.asarray(w_L) > 0]
+    return int(len(a) if a.all() else np.argmin(a))
+
+
 def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str, np.ndarray],
-             batch_size: int = 4, progress: bool = True, trained=None, pruned_tuned=None):
+             batch_size: int = 4, progress: bool = True, trained=None, pruned_tuned=None, weights=None):
     """(report dict, Routes). ``blocks``: held-out [n, L] per domain, in expert order.
 
     ``trained``: None, or a ``MoELM`` with a router (the output of ``readme-jax train``) sharing the masks.
     ``pruned_tuned``: None, or the one-expert ``MoELM`` of ``readme-jax train --baseline pruned``.
+    ``weights``: None (every next-token position counts), or {domain: 0/1 [n, L-1]}, the positions that count
+    (a chat answer's, ``readme_jax.chat_eval``). Then every kind but dense also gets ``agreed_prefix``: per
+    sequence, the counted positions whose top-1 equals the dense model's before the first that does not, averaged
+    (how far its greedy answer would follow the dense one).
     """
     from readme_jax.lm import jax_to_numpy
 
@@ -67,13 +78,14 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
     nll = {name: {} for name in names}
     agree = {name: {} for name in names if name != "dense"}  # top-1 next-token agreement with the dense model
     kl = {name: {} for name in names if name != "dense"}  # mean KL(dense || kind) per next-token position
+    prefix = {name: {} for name in agree}  # with weights: summed agreed-prefix lengths
     records = {"layer": [], "oracle": [], "domain": [], "position": [], "router": []}
     total = sum(len(b) for b in blocks.values())
     bar = tqdm(total=total, desc="evaluating", unit="block", disable=not progress)
     t0, n_tok = time.perf_counter(), 0
     for d, name in enumerate(domains):
         sums = dict.fromkeys(nll, 0.0)
-        count = 0
+        count, n_seq = 0.0, 0
         for start in range(0, len(blocks[name]), batch_size):
             batch = blocks[name][start:start + batch_size]
             n = len(batch)
@@ -97,23 +109,33 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
                 results["moe_router"] = oracle.routed_vs_dense(trained.graphdef, trained.state, batch, router_ch,
                                                                ref)
                 records["router"].append(router_ch[:n].reshape(-1))
-            sums["dense"] += float(np.asarray(dense_nll)[:n].astype(np.float64).sum())
+            w_BL = (np.ones((n, batch.shape[1] - 1)) if weights is None
+                    else np.asarray(weights[name][start:start + n], np.float64))
+            sums["dense"] += float((np.asarray(dense_nll)[:n] * w_BL).sum())
             for key, (nll_BL, agree_BL, kl_BL) in results.items():
-                sums[key] += float(np.asarray(nll_BL)[:n].astype(np.float64).sum())
-                agree[key][name] = agree[key].get(name, 0.0) + float(np.asarray(agree_BL)[:n].sum())
-                kl[key][name] = kl[key].get(name, 0.0) + float(np.asarray(kl_BL)[:n].astype(np.float64).sum())
-            count += n * (batch.shape[1] - 1)
+                agree_BL = np.asarray(agree_BL)[:n]
+                sums[key] += float((np.asarray(nll_BL)[:n] * w_BL).sum())
+                agree[key][name] = agree[key].get(name, 0.0) + float((agree_BL * w_BL).sum())
+                kl[key][name] = kl[key].get(name, 0.0) + float((np.asarray(kl_BL)[:n] * w_BL).sum())
+                if weights is not None:
+                    prefix[key][name] = prefix[key].get(name, 0.0) + sum(map(_agreed_prefix, agree_BL, w_BL))
+            count += float(w_BL.sum())
+            n_seq += n
             records["layer"].append(layer_ch[:, :n].reshape(cfg.n_layers, -1))
             records["oracle"].append(oracle_ch[:n].reshape(-1))
             records["domain"].append(domain_ch[:n].reshape(-1))
             records["position"].append(np.tile(np.arange(batch.shape[1]), n))
             n_tok += n * batch.shape[1]
             bar.update(n)
+        if count == 0:
+            raise ReadmeJaxError(f"{name}: no position to score (its weights are all 0)")
         for key in nll:
             nll[key][name] = sums[key] / count
         for key in agree:
             agree[key][name] /= count
             kl[key][name] /= count
+            if weights is not None:
+                prefix[key][name] /= n_seq
     bar.close()
     E = masks_NEF.shape[1]
     from readme_jax.moe import MoEConfig
@@ -132,6 +154,8 @@ def evaluate(lm, masks_NEF: np.ndarray, pruned_N1F: np.ndarray, blocks: dict[str
         "domains": domains,
         "eval_tokens_per_s": n_tok * len(names) / (time.perf_counter() - t0),
     }
+    if weights is not None:
+        report["agreed_prefix"] = prefix
     domain_T, oracle_T = np.concatenate(records["domain"]), np.concatenate(records["oracle"])
     router_T = np.concatenate(records["router"]) if trained is not None else None
     if router_T is not None:

@@ -128,6 +128,12 @@ def _eval(page, workdir):
         page.text("Top-1 next-token agreement with the dense model on held-out text (mean KL(dense || model) "
                   "in nats per token).")
         page.table(["domain"] + kinds, rows)
+    if "chat" in report:
+        from readme_jax.chat_eval import CHAT_COLUMNS, chat_rows, chat_summary
+
+        page.heading("Agreement with the dense model on chat prompts")
+        page.text(chat_summary(report["chat"]))
+        page.table(CHAT_COLUMNS, chat_rows(report["chat"]))
     if "router" in report:
         r = report["router"]
         page.heading("Router")

@@ -42,6 +42,11 @@ def register(sub):
                    help="a trained Read-ME folder to add as moe_router (default: <workdir>/moe_trained when present; "
                         "'none' to skip)")
     _common(p, blocks=4)
+    p.add_argument("--chat-prompts", type=int, default=0,
+                   help="also measure agreement with the dense model on N chat-formatted prompts per domain (held-out "
+                        "excerpts; the dense model's greedy answers, scored on the answer tokens); 0: skip")
+    p.add_argument("--chat-tokens", type=int, default=48, help="longest dense answer of the chat agreement")
+    p.add_argument("--chat-chars", type=int, default=600, help="characters of held-out excerpt per chat prompt")
     from readme_jax.commands import downstream
 
     downstream.add_arguments(p)
@@ -147,6 +152,12 @@ def run_eval(args) -> int:
                               progress=not args.json, trained=trained, pruned_tuned=pruned_tuned)
     if trained is not None:
         report["trained_folder"] = trained.source
+    if args.chat_prompts:
+        from readme_jax.chat_eval import chat_agreement
+
+        report["chat"] = chat_agreement(lm, parts["masks_NEF"], parts["pruned_N1F"], domains, args.chat_prompts,
+                                        args.chat_tokens, args.chat_chars, batch_size=args.batch_size,
+                                        progress=not args.json, trained=trained, pruned_tuned=pruned_tuned)
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "eval.json", json.dumps(report, indent=2))
@@ -173,6 +184,8 @@ def run_eval(args) -> int:
             return agree[n][d], kl[n][d]
 
         print(f"| {d:<13}| " + " | ".join(f"{100 * a:8.1f} ({k:5.3f})" for a, k in map(cell, kinds)) + " |")
+    if "chat" in report:
+        print(format_chat(report["chat"]))
     if "router" in report:
         r = report["router"]
         print(f"trained router ({report['trained_folder']}): top-1 agreement with the oracle "
@@ -185,6 +198,13 @@ def run_eval(args) -> int:
           f"MoE total {tot['moe'] / 1e6:.1f}M ({tot['moe_unique'] / 1e6:.1f}M unique)")
     print(f"wrote {out / 'eval.json'}")
     return 0
+
+
+def format_chat(chat: dict) -> str:
+    from readme_jax.chat_eval import CHAT_COLUMNS, chat_rows, chat_summary
+
+    lines = [chat_summary(chat), "| " + " | ".join(CHAT_COLUMNS) + " |", "|" + "---|" * len(CHAT_COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in chat_rows(chat)])
 
 
 def optional_folder(value: str | None, default: Path, missing: str) -> Path | None:

@@ -53,3 +53,22 @@ def test_a_malformed_output_or_a_missing_folder_is_named(workdir, tmp_path):
     assert not (workdir / "report.md").exists()  # nothing half-written
     with pytest.raises(ReadmeJaxError, match="no such work folder"):
         write_report(tmp_path / "nope")
+
+
+def test_the_chat_agreement_is_shown_when_eval_measured_it(workdir):
+    path = workdir / "eval" / "eval.json"
+    report = json.loads(path.read_text())
+    kinds = ("pruned_tuned", "moe_router")
+    report["chat"] = {"prompts_per_domain": {"code": 2, "legal": 2}, "answer_tokens": {"code": 40, "legal": 24},
+                      "max_new_tokens": 20,
+                      "perplexity_of_dense_answers": {"dense": {"code": 2.0, "legal": 3.0},
+                                                      **{k: {"code": 4.0, "legal": 6.0} for k in kinds}},
+                      "agreement_with_dense": {"pruned_tuned": {"code": 0.5, "legal": 0.25},
+                                               "moe_router": {"code": 0.75, "legal": 0.5}},
+                      "kl_to_dense": {k: {"code": 0.5, "legal": 1.0} for k in kinds},
+                      "agreed_prefix": {k: {"code": 3.0, "legal": 2.0} for k in kinds}}
+    _write(path, report)
+    md = write_report(workdir)[0].read_text()
+    assert "4 chat-formatted prompts" in md and "64 in all" in md
+    assert "| dense |  |  |  | 2.50 |" in md
+    assert "| moe_router | 62.5 | 0.750 | 2.5 | 5.00 |" in md and "| pruned_tuned | 37.5 |" in md
