@@ -17,15 +17,16 @@ from readme_jax.errors import ReadmeJaxError
 INSTRUCTION = "Here is an excerpt from a {domain} text:\n\n{passage}\n\nExplain briefly what it says."
 
 
-def excerpts(domains, per_domain: int, chars: int) -> dict[str, list[str]]:
-    """{domain: up to ``per_domain`` held-out excerpts}: the first whole-line piece of at most ``chars``
-    characters of each held-out document, in the salted order the other held-out readers use."""
+def excerpts(domains, per_domain: int, chars: int, split: str = "heldout") -> dict[str, list[str]]:
+    """{domain: up to ``per_domain`` excerpts}: the first whole-line piece of at most ``chars`` characters of
+    each document of ``split`` (held-out here; train for the training stream's chat rows, ``train.chat_data``),
+    in the salted order the other held-out readers use."""
     from readme_jax.data import heldout_score, split_domain
     from readme_jax.data.heldout_text import SPLIT_SALT, text_pieces
 
     out = {}
     for domain in domains:
-        docs = sorted(split_domain(domain).heldout, key=lambda doc: heldout_score(doc.id, salt=SPLIT_SALT))
+        docs = sorted(getattr(split_domain(domain), split), key=lambda doc: heldout_score(doc.id, salt=SPLIT_SALT))
         found = []
         for doc in docs:
             pieces = text_pieces(doc.text, chars)
@@ -34,7 +35,7 @@ def excerpts(domains, per_domain: int, chars: int) -> dict[str, list[str]]:
             if len(found) == per_domain:
                 break
         if not found:
-            raise ReadmeJaxError(f"domain {domain.name!r} has no held-out text for a chat prompt")
+            raise ReadmeJaxError(f"domain {domain.name!r} has no {split} text for a chat prompt")
         out[domain.name] = found
     return out
 

@@ -54,6 +54,9 @@ class TrainConfig:
     devices: int = 0  # use the first N devices (0: all)
     blocks_per_domain: int = 48  # training blocks read per domain (train split)
     doc_chars: int = 2048  # characters kept per document (many short excerpts generalise better)
+    chat_every: int = 0  # every k-th training row: a train excerpt in a chat prompt + the dense answer (0: none)
+    chat_per_domain: int = 16  # chat prompts per domain in the pool (train.chat_data)
+    chat_answer_tokens: int = 64  # longest dense answer of a chat row
     save_every: int = 20
     max_to_keep: int = 2
     seed: int = 0
@@ -89,6 +92,11 @@ class TrainConfig:
             raise ReadmeJaxError(f"train config: kd_weight={self.kd_weight} must be in (0, 1]")
         if self.seq_len < 2:
             raise ReadmeJaxError(f"train config: seq_len={self.seq_len} must be >= 2")
+        if self.chat_every < 0 or self.chat_per_domain < 1 or not 1 <= self.chat_answer_tokens < (
+                self.seq_len if self.chat_every else float("inf")):
+            raise ReadmeJaxError(f"train config: chat_every={self.chat_every} must be >= 0, chat_per_domain="
+                                 f"{self.chat_per_domain} >= 1 and chat_answer_tokens={self.chat_answer_tokens} in "
+                                 f"[1, seq_len={self.seq_len})")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -97,6 +105,8 @@ class TrainConfig:
         """What a checkpoint must agree on to be resumed (shapes and the data stream)."""
         keys = ("seq_len", "micro_batch", "router_batch", "expert_batch", "router_mlp", "router_d_model",
                 "blocks_per_domain", "doc_chars", "seed", "compute_dtype", "rounds", "router_steps", "expert_steps")
+        if self.chat_every:  # only then: checkpoints of runs without chat rows keep their fingerprint
+            keys += ("chat_every", "chat_per_domain", "chat_answer_tokens")
         return {k: getattr(self, k) for k in keys}
 
 

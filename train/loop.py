@@ -296,7 +296,7 @@ class Trainer:
         A, L = len(tokens_BL) // self.cfg.micro_batch, tokens_BL.shape[-1]
         put = sharding.host_to_global  # every process holds the same batch (the stream is deterministic)
         tokens_ABL = put(np.asarray(tokens_BL, np.int32).reshape(A, -1, L), self.batch_sh)
-        valid_ABL = put(np.ones(tokens_ABL.shape, bool), self.batch_sh)
+        valid_ABL = put(self.s.stream.valid(idx_B).reshape(A, -1, L), self.batch_sh)  # a chat row's padding: False
         lr = put(np.float32(lr), self.rep)
         if stage == "router":
             _, fn, _ = self._router_step()

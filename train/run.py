@@ -81,8 +81,14 @@ def prepare(cfg: TrainConfig, workdir: Path, moe_folder: Path | None = None, pro
         domains = select_domains(parts["domains"])
     else:
         domains = domains.select(list(parts["domains"]))
+    chat = None
+    if cfg.chat_every:
+        from train.chat_data import load_or_build
+
+        chat = load_or_build(workdir, folder, parts, domains, cfg.seq_len, cfg.chat_per_domain,
+                             cfg.chat_answer_tokens, progress)
     stream = load_stream(parts["tokenizer"], domains, cfg.seq_len, cfg.blocks_per_domain, cfg.doc_chars, cfg.seed,
-                         progress)
+                         progress, chat, cfg.chat_every)
     fingerprint = {"model": {"d_model": dense_cfg.d_model, "n_layers": dense_cfg.n_layers, "d_ff": dense_cfg.d_ff,
                              "vocab_size": dense_cfg.vocab_size, "n_experts": E,
                              "expert_width": int(masks_NEF[0, 0].sum()), "domains": list(parts["domains"])},
