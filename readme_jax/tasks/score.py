@@ -11,7 +11,7 @@ depth as its RoPE position, and it attends to its ancestors and itself. A causal
 node exactly what it computes at that token of every request through it. Each request asks for the
 log-probability of each continuation token at the node before it ("queries"): a multiple-choice document
 costs about one context plus its choices. Rows of a task have one length (``row_length``) and a fixed number
-per batch, so each model compiles once per task. Prefixes of at least ``trunks.TRUNK_MIN`` tokens shared by
+per batch, so each model compiles once per row shape (shared by tasks of one row length). Prefixes of at least ``trunks.TRUNK_MIN`` tokens shared by
 several requests (MMLU's five shots, shared by a subject's documents) run once into a KV cache instead
 (``readme_jax.tasks.trunks``).
 """
@@ -125,9 +125,14 @@ def pack(requests: list[Encoded], L: int) -> tuple[list[_Trie], list[tuple[int, 
     return rows, where
 
 
-def query_scores(model, x_BLD, qpos_BQ, qtok_BQ):
+@partial(jax.jit, static_argnums=0)
+def query_scores(graphdef, state, x_BLD, qpos_BQ, qtok_BQ):
     """Per query: log p of its token at its node and whether that token is the argmax there ([B, Q] each).
-    The head runs only at the queried nodes; logits in fp32."""
+    The head runs only at the queried nodes; logits in fp32.
+
+    A program of its own, apart from the backbone's: the query count Q differs from task to task, and in one
+    program with the backbone each new Q compiled the whole backbone again (half a minute for a sliced MoE)."""
+    model = nnx.merge(graphdef, state)
     x_BQD = x_BLD[jnp.arange(x_BLD.shape[0])[:, None], qpos_BQ]
     logits_BQV = model.head(x_BQD).astype(jnp.float32)
     own_BQ = jnp.take_along_axis(logits_BQV, qtok_BQ[..., None], axis=-1)[..., 0]
@@ -135,16 +140,15 @@ def query_scores(model, x_BLD, qpos_BQ, qtok_BQ):
 
 
 @partial(jax.jit, static_argnums=0)
-def _tree_scores(graphdef, state, tokens_BL, pos_BL, mask_BLL, qpos_BQ, qtok_BQ, route_BL):
-    model = nnx.merge(graphdef, state)
-    x_BLD, _ = model.hidden(tokens_BL, pos_BL, None, route=route_BL, mask_BLS=mask_BLL)
-    return query_scores(model, x_BLD, qpos_BQ, qtok_BQ)
+def _tree_hidden(graphdef, state, tokens_BL, pos_BL, mask_BLL, route_BL):
+    x_BLD, _ = nnx.merge(graphdef, state).hidden(tokens_BL, pos_BL, None, route=route_BL, mask_BLS=mask_BLL)
+    return x_BLD
 
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """One model to score with: ``route(tokens_BL, pos_BL, mask_BLL) -> expert ids [B, L]`` over packed rows
-    (positions and the tree mask as ``_tree_scores`` uses them), or None for a dense model."""
+    (positions and the tree mask as ``_tree_hidden`` uses them), or None for a dense model."""
 
     name: str
     graphdef: object
@@ -203,8 +207,9 @@ def _score_rows(kind: Kind, requests: list[Encoded], pad_id: int, bar) -> tuple[
         for b in range(len(batch), B):
             mask_BLL[b] = np.eye(L, dtype=bool)
         route_BL = None if kind.route is None else jnp.asarray(kind.route(tokens_BL, pos_BL, mask_BLL), jnp.int32)
-        out = _tree_scores(kind.graphdef, kind.state, jnp.asarray(tokens_BL), jnp.asarray(pos_BL),
-                           jnp.asarray(mask_BLL), jnp.asarray(qpos_BQ), jnp.asarray(qtok_BQ), route_BL)
+        x_BLD = _tree_hidden(kind.graphdef, kind.state, jnp.asarray(tokens_BL), jnp.asarray(pos_BL),
+                             jnp.asarray(mask_BLL), route_BL)
+        out = query_scores(kind.graphdef, kind.state, x_BLD, jnp.asarray(qpos_BQ), jnp.asarray(qtok_BQ))
         lp_BQ, greedy_BQ = (np.asarray(a) for a in out)
         for b in range(len(batch)):
             lp_R[start + b], greedy_R[start + b] = lp_BQ[b], greedy_BQ[b]

@@ -78,10 +78,9 @@ def split(requests: list[Encoded]) -> tuple[list[int], list[tuple[int, list[int]
 
 
 @partial(jax.jit, static_argnums=0)
-def _trunk_scores(graphdef, state, trunk_1P, n_trunk, trunk_route_1P, tokens_BL, pos_BL, mask_BLS, qpos_BQ,
-                  qtok_BQ, route_BL):
+def _trunk_hidden(graphdef, state, trunk_1P, n_trunk, trunk_route_1P, tokens_BL, pos_BL, mask_BLS, route_BL):
     """The trunk into a one-row cache, broadcast to the B suffix rows, which then attend over it
-    (``mask_BLS`` over [trunk slots | own slots]); per query log p and greedy as ``score.query_scores``."""
+    (``mask_BLS`` over [trunk slots | own slots]); the suffix rows' hidden states [B, L, D]."""
     model = nnx.merge(graphdef, state)
     Pb = trunk_1P.shape[1]
     B, L = tokens_BL.shape
@@ -92,7 +91,7 @@ def _trunk_scores(graphdef, state, trunk_1P, n_trunk, trunk_route_1P, tokens_BL,
     cache = tuple((jnp.broadcast_to(k, (B,) + k.shape[1:]), jnp.broadcast_to(v, (B,) + v.shape[1:]))
                   for k, v in cache)
     x_BLD, _ = model.hidden(tokens_BL, pos_BL, None, cache=cache, write_index=Pb, route=route_BL, mask_BLS=mask_BLS)
-    return query_scores(model, x_BLD, qpos_BQ, qtok_BQ)
+    return x_BLD
 
 
 def full_view(trunk_P, n_trunk: int, tokens_BL, pos_BL, mask_BLS):
@@ -173,7 +172,7 @@ def _run_chunk(kind, trunk_P, P: int, rows, L: int, Q: int, pad_id: int):
     if kind.route is not None:
         route_BS = np.asarray(kind.route(*full_view(trunk_P, P, tokens_BL, pos_BL, mask_BLS)), np.int32)
         trunk_route, route_BL = jnp.asarray(route_BS[:1, :Pb]), jnp.asarray(route_BS[:, Pb:])
-    out = _trunk_scores(kind.graphdef, kind.state, jnp.asarray(trunk_P[None]), P, trunk_route,
-                        jnp.asarray(tokens_BL), jnp.asarray(pos_BL), jnp.asarray(mask_BLS), jnp.asarray(qpos_BQ),
-                        jnp.asarray(qtok_BQ), route_BL)
+    x_BLD = _trunk_hidden(kind.graphdef, kind.state, jnp.asarray(trunk_P[None]), P, trunk_route,
+                          jnp.asarray(tokens_BL), jnp.asarray(pos_BL), jnp.asarray(mask_BLS), route_BL)
+    out = query_scores(kind.graphdef, kind.state, x_BLD, jnp.asarray(qpos_BQ), jnp.asarray(qtok_BQ))
     return tuple(np.asarray(a) for a in out)

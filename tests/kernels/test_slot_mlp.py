@@ -32,7 +32,8 @@ def test_equals_reference_for_any_assignment(slots):
     _check(slots)
 
 
-@pytest.mark.parametrize("slot_T", [[1] * 8, [2] * 300, [0] * 129 + [2] * 127, [0, 2] * 70])
+@pytest.mark.parametrize("slot_T", [[1] * 8, [2] * 300, [0] * 129 + [2] * 127, [0, 2] * 70,
+                                    [0] * 1100 + [1] * 5 + [2] * 1000])
 def test_one_slot_for_all_and_chunk_boundaries(slot_T):
     _check(slot_T)
 
@@ -42,12 +43,18 @@ def test_chunk_sizes_by_shape():
     assert chunk_sizes(8) == (8, (1, 2, 4, 8))
     assert chunk_sizes(5) == (8, (1, 2, 4, 8))
     assert chunk_sizes(40) == (64, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
-    big, tails = chunk_sizes(1000)
-    assert big == 128 and tails[0] == 8 and max(tails) == 128
-    for t in (17, 40, 100, 1000):  # every remainder fits a tail of which at most a third is waste
+    assert chunk_sizes(200) == (128, (32, 64, 128))
+    assert chunk_sizes(1000) == (128, (64, 128))
+    assert chunk_sizes(2048) == (128, (128,))  # one tail: compiles 3x faster at prefill sizes, as fast to run
+    for t in (17, 40, 100):  # every remainder fits a tail of which at most a third is waste
         big, tails = chunk_sizes(t)
         for r in range(1, min(t, big) + 1):
             assert min(s for s in tails if s >= r) <= max(8, 1.5 * r)
+    for t in (129, 300, 1000, 5000):  # above 128 rows: at most twice the remainder, or the smallest tail
+        big, tails = chunk_sizes(t)
+        assert big == 128 and max(tails) == 128
+        for r in range(1, big + 1):
+            assert min(s for s in tails if s >= r) <= max(tails[0], 2 * r)
 
 
 def test_bad_inputs():
