@@ -23,11 +23,11 @@ Chunk sizes are static and chosen from T at trace time (``chunk_sizes``). For a 
 are no whole chunks and the tail sizes are 1, 2, 4, ... up to T's power of two: when every token shares one slot
 (what expert-aware batching produces) the step is one dense SwiGLU over that slot's weights. Calls up to
 ``BIG_ROWS`` add 1.5x steps (3, 6, 12, ...), so a tail computes at most a third more rows than it keeps. Above
-``BIG_ROWS`` the tails are few powers of two, the smallest at least T/16 and 32 (T > 1024: one 128-row tail). Every tail
-size is compiled once per slot per layer, so fewer tails compile faster: on the demo's 30-layer, 6-slot MoE a
-4 x 512 forward compiled in 10.7 s instead of 31.7 s, and ran as fast (2.81 against 2.84 s), with bitwise equal
-outputs (``docs/benchmarks.md``). Unused slots cost one ``switch`` that runs nothing. No dense computation over
-all experts ever happens, on any backend.
+``BIG_ROWS`` the tails are few powers of two, the smallest at least T/16 and 32 (T > 1024: one 128-row tail).
+Every tail size is compiled once per slot per layer, so fewer tails compile faster: on the demo's 30-layer,
+6-slot MoE a 4 x 512 forward compiled in 11.5 s instead of 31.5 s with all nine sizes from 8, and ran as fast
+(2.77 s both), with bitwise equal outputs (``scripts/slot_compile_bench.py``, ``docs/benchmarks.md``). Unused
+slots cost one ``switch`` that runs nothing. No dense computation over all experts ever happens, on any backend.
 
 Inference only: the dynamic trip counts make the loops non-differentiable in reverse mode (training uses the
 masked form of the MoE, or ``expert_mlp`` with its custom VJP).

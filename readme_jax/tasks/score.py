@@ -11,9 +11,9 @@ depth as its RoPE position, and it attends to its ancestors and itself. A causal
 node exactly what it computes at that token of every request through it. Each request asks for the
 log-probability of each continuation token at the node before it ("queries"): a multiple-choice document
 costs about one context plus its choices. Rows of a task have one length (``row_length``) and a fixed number
-per batch, so each model compiles once per row shape (shared by tasks of one row length). Prefixes of at least ``trunks.TRUNK_MIN`` tokens shared by
-several requests (MMLU's five shots, shared by a subject's documents) run once into a KV cache instead
-(``readme_jax.tasks.trunks``).
+per batch, so each model's backbone compiles once per row shape (tasks of one row length share it). Prefixes
+of at least ``trunks.TRUNK_MIN`` tokens shared by several requests (MMLU's five shots, shared by a subject's
+documents) run once into a KV cache instead (``readme_jax.tasks.trunks``).
 """
 
 import dataclasses

@@ -180,3 +180,15 @@ def test_a_group_split_over_several_row_chunks_scores_the_same(kinds, monkeypatc
         for req, lp, greedy in zip(requests, got["logprob"], got["greedy"]):
             ref_lp, ref_greedy = _alone(kinds[name], req)
             assert lp == pytest.approx(ref_lp, abs=1e-4) and greedy == ref_greedy, name
+
+
+def test_tasks_of_one_row_length_share_the_backbone_compilation(kinds):
+    """The query count differs per task; it must not recompile the backbone (half a minute for a real MoE)."""
+    kind = kinds["moe_router"]
+    few = [score.Encoded((1, 5, 6, 7), (8,))]  # 1 query: Q = 8
+    many = [score.Encoded(tuple(range(1, 31)), tuple(range(40, 60)))]  # 20 queries: Q = 32
+    score.score(kind, few, progress=False)
+    backbone, head = score._tree_hidden._cache_size(), score.query_scores._cache_size()
+    score.score(kind, many, progress=False)
+    assert score._tree_hidden._cache_size() == backbone  # same row shape: no new backbone program
+    assert score.query_scores._cache_size() == head + 1  # only the small head program is new
