@@ -181,8 +181,13 @@ class ExpectedNextUsePolicy(BeladyPolicy):
     """Evict the key whose expected next use is farthest (``serve.core.next_use``).
 
     The lookahead's ``expected_next_use`` (``serve.core.lookahead.ExpectedLookahead``) blends the known pending
-    work with forecast tokens of the live requests. Ties go to the farthest known next use, then as in Belady.
-    A lookahead without forecasts (the replays' ``SequenceLookahead``) makes this policy Belady exactly.
+    work with forecast tokens of the live requests, in projected batches. The policy compares the batch a key is
+    expected in (the whole part): within one batch the order matters, and the lookahead's ``next_use`` gives it
+    (Belady's position in the service order, where each running request's likeliest next token is queued).
+    Then as in Belady. A lookahead without forecasts (the replays' ``SequenceLookahead``) makes this policy
+    Belady exactly. On the demo trace at 16 clients, comparing expected batches whole closes 53% / 49% of the
+    LRU -> optimum gap at capacity 2 / 3, against 45% / 46% when the fractions decide (at 64 clients: the
+    same, 56% / 59%; docs/serving.md).
     """
 
     name = EXPECTED
@@ -193,7 +198,12 @@ class ExpectedNextUsePolicy(BeladyPolicy):
             return super().victim(candidates, lookahead)
         last = self._last
         next_use = lookahead.next_use
-        return max(candidates, key=lambda k: (expected(k), next_use(k), -last[k], -k))
+        return max(candidates, key=lambda k: (_whole(expected(k)), next_use(k), -last[k], -k))
+
+
+def _whole(time: float) -> float:
+    """The projected batch of an expected time (its whole part); never used stays ``inf``."""
+    return time if time == math.inf else math.floor(time)
 
 
 def make_policy(name: str, seed: int = 0) -> EvictionPolicy:

@@ -8,6 +8,7 @@ import bisect
 import itertools
 import math
 
+from serve.core.batching import ContinuingItem
 from serve.core.next_use import expected_first_use
 from serve.core.rollout import expert_aware_rollout
 from serve.core.types import RequestState
@@ -82,24 +83,30 @@ class ExpectedLookahead(QueueLookahead):
     """The view of policy ``belady-expected``: Belady's known future plus forecast next tokens.
 
     Time is counted in iterations from now: the running batch is at 0 (a slice of layer l at l / N), the
-    projected batches of the pending work at 1, 2, ... ``next_use(key)`` stays Belady's position in the service
-    order (the tie-break); ``next_step(key)`` is the projected batch of the key's first real pending use
+    projected batches of the pending work at 1, 2, ... ``next_use(key)`` is Belady's position in the service
+    order with each running request's likeliest next token queued (``continuing``; the policy's order inside
+    one expected batch); ``next_step(key)`` is the projected batch of the key's first real pending use
     (``inf`` when none). Projected batches come from ``serve.core.rollout`` under expert-aware batching (a few
     iterations played forward on expected queue sizes, as the running requests refill them), and otherwise from
     the service order cut where the token budget or the sequence cap is full (``take_until_full``'s rule).
 
-    The live requests are the forecast's anchors: a running request at 0 on its current token's expert (unless
-    it reaches max_new_tokens now), a pending one at its projected batch on its pending token's expert (a
-    prefill: its last prompt token's). From an anchor at t0, its next token on expert x is assumed to run at the
+    The live requests are the forecast's anchors, each in its forecast context (``serve.core.next_use``: its
+    current expert and its home): a running request at 0 on its current token's expert (unless it reaches
+    max_new_tokens now), a pending one at its projected batch on its pending token's expert (a prefill: its last
+    prompt token's). The rollout refills queues from the running requests' contexts and from the pending items'
+    experts (first-order: fewer distinct inputs for its memo). From an anchor at t0, its next token on expert x is assumed to run at the
     first projected service of x's queue after t0 (t0 + period if none), and each later token one period after
     that; period = live requests / mean items per batch, the mean time between two tokens of one request.
     ``expected_next_use(key)`` combines the known use with those forecasts (``serve.core.next_use``, steps
-    2-3). Anchors on one expert at one time are grouped, so the cost grows with experts and projected batches,
-    not with requests.
+    2-3). Anchors of one context at one time are grouped, so the cost grows with contexts and projected
+    batches, not with requests.
     """
 
     def __init__(self, batch_keys, scheduler, num_experts: int, layers: int, max_items, batch, model):
-        super().__init__(batch_keys, scheduler, num_experts, layers, max_items)
+        self._running = _running_contexts(batch, model)
+        table = model.forecast.likely
+        likely = [table[context] for context, chunk_done in self._running if not chunk_done]
+        super().__init__(batch_keys, scheduler, num_experts, layers, max_items, likely)
         self._batch = batch
         self._model = model
         self._step = None
@@ -114,14 +121,16 @@ class ExpectedLookahead(QueueLookahead):
         if index is not None and index > self._position:
             return layer / self._layers
         if self._step is None:
-            self._first_rank = self._scan()
+            self._project()
         step = self._step.get(expert)
         return math.inf if step is None else step + layer / self._layers
 
     def expected_next_use(self, key: int) -> float:
         if self._step is None:
-            self._first_rank = self._scan()
+            self._project()
         known = self.next_step(key)
+        if known <= 1.0:
+            return known  # forecast uses run at projected batch 1 or later: none can come first
         memo = (key, known)  # a victim choice asks for every candidate, and a batch may need several
         value = self._memo.get(memo)
         if value is None:
@@ -132,37 +141,54 @@ class ExpectedLookahead(QueueLookahead):
         """(time, survival) of the forecast uses of ``key`` before ``known``, merged per time, sorted."""
         layer, expert = divmod(key, self._num_experts)
         offset = layer / self._layers
-        log_miss = self._model.forecast.log_miss
+        forecast = self._model.forecast
+        tables = forecast.context_tables
         period = self._period
         served = self._served[expert]  # projected batches at which this expert's queue runs
         fallback = self._end
         logs = {}  # time -> log of the chance that no forecast use happens at that time
-        for (current, start), count in self._groups.items():
+        for start, contexts in self._groups.items():
             # A token joining this expert's queue after `start` runs at the queue's next projected service.
             at = bisect.bisect_right(served, start)
-            time = (served[at] if at < len(served) else max(start + period, fallback)) + offset
-            for per_token in log_miss[current]:
-                if time >= known:
-                    break
-                value = per_token[expert]
-                if value:
-                    logs[time] = logs.get(time, 0.0) + value * count
-                time += period
+            first = (served[at] if at < len(served) else max(start + period, fallback)) + offset
+            if first >= known:
+                continue
+            for context, count in contexts.items():
+                time = first
+                for per_token in tables[context] or forecast.context_log_miss(context):
+                    if time >= known:
+                        break
+                    value = per_token[expert]
+                    if value:
+                        logs[time] = logs.get(time, 0.0) + value * count
+                    time += period
         return [(time, math.exp(value)) for time, value in sorted(logs.items())]
 
     def _scan(self) -> dict:
-        """One walk over the service order: Belady's positions (first rank of each expert's real pending work),
-        then the projected time of each expert's first use and of each queue's services, and the anchors."""
+        """Belady's positions (``next_use``) come out of ``_project``'s walk."""
+        if self._step is None:
+            self._project()
+        return self._first_rank
+
+    def _project(self) -> None:
+        """One walk over the service order with the running requests' likeliest next tokens queued
+        (``continuing``): Belady's positions (the first rank of each expert, those tokens counted), then from the
+        real items only the projected time of each expert's first use, of each queue's services, and the
+        anchors. (The hypothetical tokens move queues up the order; a queue's own items keep their FIFO order,
+        which is all the rollout reads.)"""
         first = {}
+        positions = {}
         groups = {}
         running = {}
-        for request in self._batch.requests:
-            if request.generated + 1 < request.spec.max_new_tokens:  # the client's limit, not the trace's end
-                current = _current_expert(request)
-                running[current] = running.get(current, 0) + 1
-                groups[(current, 0)] = groups.get((current, 0), 0) + 1
+        model = self._model
+        for context, _ in self._running:
+            running[context] = running.get(context, 0) + 1
         pending = []
+        contexts = []  # each pending item's forecast context (the rollout anchors it at its expert)
         wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
+        wanted_positions = len({e for e, count in enumerate(self._scheduler.pending_by_expert) if count}.union(
+            self._continuing))
+        known_contexts = model.contexts
         limits = self._scheduler.config
         # The rollout ignores the starvation bound, so it is used only while no pending item becomes overdue
         # within its steps; otherwise the service order (which puts overdue items first) is cut instead.
@@ -170,46 +196,70 @@ class ExpectedLookahead(QueueLookahead):
         bound = limits.max_wait_iterations
         overdue_from = -1 if bound is None else self._batch.iteration + ROLLOUT_STEPS - bound
         overdue = 0
-        for rank, request in enumerate(itertools.islice(self._scheduler.service_order(), self._max_items)):
-            if rank >= WALK_ITEMS and len(first) == wanted:
+        order = self._scheduler.service_order(self._continuing)
+        for rank, request in enumerate(itertools.islice(order, self._max_items)):
+            if rank >= WALK_ITEMS and len(first) == wanted and len(positions) == wanted_positions:
                 break  # a long backlog: the rest runs after every expert's first use, beyond the rollout
-            for expert in request.work_experts:
+            touched = request.work_experts
+            if request.__class__ is ContinuingItem:
+                if touched[0] not in positions:
+                    positions[touched[0]] = rank
+                continue
+            for expert in touched:
                 if expert not in first:
                     first[expert] = rank
+                if expert not in positions:
+                    positions[expert] = rank
             # A decode's anchor is its token's expert (its queue); a prefill's, its last prompt token's expert
             # (a one-token prompt's queue is that expert too).
-            current = request.queue_expert if request.work_tokens == 1 else request.spec.prompt_experts[-1]
+            tokens = request.work_tokens
+            current = request.queue_expert if tokens == 1 else request.spec.prompt_experts[-1]
             if request.ready_iteration <= overdue_from:
                 overdue += 1
-            pending.append((request.queue_expert, request.work_tokens, current, request.work_experts))
+            pending.append((request.queue_expert, tokens, current, touched))
+            known = known_contexts.get(request.index)  # _context inlined: this loop is hot
+            context = None if known is None else known.get(current)
+            contexts.append(model.context(request, current) if context is None else context)
+        self._first_rank = positions
         forecast = self._model.forecast
         if rollout and overdue < min(limits.slot_limit, OVERDUE_ITEMS):
             # The rollout is a pure function of these inputs and of the forecast, and a closed-loop server meets
-            # the same few thousand pending states again and again (96% repeats on the demo trace), so its
+            # the same pending states again and again (58% repeats on the demo trace at 16 clients), so its
             # results are kept with the forecast they came from (read-only from here on).
             memo_key = (tuple(pending), tuple(sorted(running.items())), limits.max_batch_tokens, limits.slot_limit)
             memo = self._model.rollouts
             found = memo.get(memo_key)
             if found is None:
-                found = expert_aware_rollout(pending, running, forecast.matrix, forecast.go, limits.max_batch_tokens,
-                                             limits.slot_limit, ROLLOUT_STEPS)
+                item_steps = []
+                step, served, _ = expert_aware_rollout(pending, running, forecast.rows, forecast.go,
+                                                       limits.max_batch_tokens, limits.slot_limit, ROLLOUT_STEPS,
+                                                       self._num_experts, item_steps)
+                found = (step, served, item_steps)
                 if len(memo) >= ROLLOUT_MEMO:
                     memo.clear()
                 if ROLLOUT_MEMO:
                     memo[memo_key] = found
-            step, served, anchors = found
+            step, served, item_steps = found
             end = max((runs[-1] for runs in served if runs), default=0) + 1
+            anchors = {}
+            for context, projected in zip(contexts, item_steps):
+                anchors[(context, projected)] = anchors.get((context, projected), 0) + 1
         else:
-            step, served, anchors, end = _cut_batches(pending, limits.max_batch_tokens, limits.slot_limit,
+            with_contexts = [(queue, size, context, touched)
+                             for (queue, size, _, touched), context in zip(pending, contexts)]
+            step, served, anchors, end = _cut_batches(with_contexts, limits.max_batch_tokens, limits.slot_limit,
                                                       self._num_experts)
-        for anchor, count in anchors.items():
-            groups[anchor] = groups.get(anchor, 0) + count
+        groups[0] = dict(running)  # start -> {context: requests anchored there}
+        for (context, start), count in anchors.items():
+            at = groups.get(start)
+            if at is None:
+                at = groups[start] = {}
+            at[context] = at.get(context, 0) + count
         self._step = step
         self._served = served
         self._groups = groups
         self._end = end
         self._far = end + (self._model.tokens_ahead + 1) * self._period
-        return first
 
 
 def _cut_batches(pending, budget: int, slots: int, num_experts: int):
@@ -230,6 +280,26 @@ def _cut_batches(pending, budget: int, slots: int, num_experts: int):
             step.setdefault(expert, projected)
         anchors[(anchor, projected)] = anchors.get((anchor, projected), 0) + 1
     return step, served, anchors, projected + 1
+
+
+def _running_contexts(batch, model) -> list[tuple[int, bool]]:
+    """(forecast context, whether its next item is a prefill chunk) of each running request that may continue
+    (``max_new_tokens``: the client's limit, not the trace's end), in batch order. The forecast anchors all of
+    them; Belady's position queues the likeliest next token of those whose next item is a token (a request
+    between prefill chunks has its next chunk known exactly once it is queued)."""
+    out = []
+    for request in batch.requests:
+        if request.generated + 1 < request.spec.max_new_tokens:
+            chunk = request.state is RequestState.PREFILL and not request.last_chunk
+            out.append((_context(model, request, _current_expert(request)), chunk))
+    return out
+
+
+def _context(model, request, current: int) -> int:
+    """``model.context`` read from its cache first (the lookahead asks for every live request each iteration)."""
+    known = model.contexts.get(request.index)
+    context = None if known is None else known.get(current)
+    return model.context(request, current) if context is None else context
 
 
 def _current_expert(request) -> int:

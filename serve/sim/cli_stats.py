@@ -75,6 +75,7 @@ def _transition_stats(args) -> int:
         "num_experts": stats.num_experts,
         "transitions": sum(map(sum, stats.counts)),
         "repeat_rate": stats.repeat_rate(),
+        "home_rate": stats.home_rate(),
         "stop_probability": stats.stop_probability(),
         "path": str(path),
     }

@@ -2,9 +2,13 @@
 
 A statistics file is one JSON object (``serve.core.next_use.TransitionStats.to_json``)::
 
-    {"format": "readme-jax-transition-stats", "version": 1, "num_experts": 6,
+    {"format": "readme-jax-transition-stats", "version": 2, "num_experts": 6,
      "counts": [[...], ...], "tokens": 1888512, "finishes": 10000,
+     "home_window": 32, "home_counts": [[[...], ...], ...],
      "source": {"trace": "...", "first_request": 2000, "requests": 8000}}
+
+``home_counts[h][a][b]`` splits ``counts[a][b]`` by the request's home when a ran (``serve.core.home``).
+Version 1 files (no home fields) still read.
 
 ``readme-jax transition-stats`` estimates one from requests [skip, skip + requests) of a trace, so that a replay
 of the trace's first ``skip`` requests (``bench-cache --requests skip``) never sees the requests its forecast

@@ -80,6 +80,21 @@ def _stats(counts, tokens=40, finishes=4):
     return TransitionStats(len(counts), tuple(map(tuple, counts)), tokens, finishes)
 
 
+def visit_chance(p, go, current, target, horizon):
+    """Brute force: the chance that one of the next ``horizon`` tokens is on ``target``, over every path; the
+    request stops after a token with chance 1 - go."""
+    visit = 0.0
+    for length in range(1, horizon + 1):
+        for path in itertools.product(range(len(p)), repeat=length):
+            chance, previous = go**length, current
+            for expert in path:
+                chance *= p[previous][expert]
+                previous = expert
+            if path[-1] == target and target not in path[:-1]:
+                visit += chance
+    return visit
+
+
 def test_forecast_hazards_give_the_exact_chance_of_a_visit_per_request():
     stats = _stats([[5, 1, 0], [2, 3, 4], [0, 1, 9]], tokens=30, finishes=3)
     horizon = 3
@@ -87,17 +102,7 @@ def test_forecast_hazards_give_the_exact_chance_of_a_visit_per_request():
     p, go = stats.matrix(), 1.0 - stats.stop_probability()
     for current, target in itertools.product(range(3), range(3)):
         survive = math.prod(1.0 - forecast.hazard[current][k][target] for k in range(horizon))
-        # Brute force: every path of the next tokens; the request stops after a token with chance 1 - go.
-        visit = 0.0
-        for length in range(1, horizon + 1):
-            for path in itertools.product(range(3), repeat=length):
-                chance, previous = go**length, current
-                for expert in path:
-                    chance *= p[previous][expert]
-                    previous = expert
-                if path[-1] == target and target not in path[:-1]:
-                    visit += chance
-        assert 1.0 - survive == pytest.approx(visit)
+        assert 1.0 - survive == pytest.approx(visit_chance(p, go, current, target, horizon))
         assert math.isclose(
             sum(forecast.log_miss[current][k][target] for k in range(horizon)), math.log(survive), rel_tol=1e-9
         )
