@@ -88,5 +88,10 @@ def policy_parts(config, num_experts: int, slots: int, store):
         return Scheduler(limits, num_experts, resident=frozenset(range(num_experts))), None, None
     cache = ExpertCache(slots, make_policy(config.cache_policy, config.seed), store.expert_bytes, store)
     scheduler = Scheduler(limits, num_experts, resident=cache.resident)
-    next_use = NextUseConfig().model(num_experts) if config.cache_policy == EXPECTED else None
+    next_use = None
+    if config.cache_policy == EXPECTED:
+        stats = config.read_transition_stats()
+        if stats is not None:
+            stats.check_experts(num_experts, f"transition statistics {config.transition_stats}")
+        next_use = NextUseConfig(stats, online=True).model(num_experts)
     return scheduler, cache, next_use

@@ -25,6 +25,9 @@ def register(sub) -> None:
     b.add_argument("--max-batch-tokens", type=int, default=256, help="tokens per iteration (default 256)")
     b.add_argument("--max-batch-experts", type=int, default=None,
                    help="distinct experts per batch (default: C); below C the cache policy gets a choice")
+    b.add_argument("--transition-stats", default=None, metavar="STATS.json",
+                   help="belady-expected: statistics its forecast starts from (readme-jax transition-stats); "
+                        "default: learned online from nothing")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--calibrate", action="store_true",
                    help="fit the simulator's cost constants to the measured iterations and compare its latency")
@@ -55,7 +58,7 @@ def run_bench_engine(args) -> int:
     for c in slots:
         engine = Engine.load(args.model, slots=c, **bench.batching_settings(pairs[0][0]), cache_policy=pairs[0][1],
                              max_seqs=args.max_seqs, prefetch=args.prefetch, max_batch_tokens=args.max_batch_tokens,
-                             max_batch_experts=args.max_batch_experts)
+                             max_batch_experts=args.max_batch_experts, transition_stats=args.transition_stats)
         if workload is None:
             workload = (bench.trace_workload(args.trace, args.max_new_tokens, args.requests) if args.trace else
                         bench.heldout_workload(engine, args.requests, args.max_new_tokens, args.seed))

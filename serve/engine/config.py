@@ -28,6 +28,9 @@ class EngineConfig:
       seed: the random policy's seed.
       prefer_resident: expert-aware batching only: a resident expert's queue counts as (1 + w) times its tokens
         when the scheduler picks the next queue (``serve.core.scheduler``); 0 is the paper's Algorithm 1.
+      transition_stats: cache policy ``belady-expected`` only: a statistics file (``readme-jax
+        transition-stats``) its forecast starts from; it keeps learning from the tokens served. None: it learns
+        from nothing. Read (and checked) when the config is made.
     """
 
     slots: int | None = None
@@ -42,6 +45,7 @@ class EngineConfig:
     seed: int = 0
     max_batch_experts: int | None = None
     prefer_resident: float = 0.0
+    transition_stats: str | None = None
 
     def __post_init__(self):
         if self.cache_policy not in POLICY_NAMES:
@@ -58,6 +62,16 @@ class EngineConfig:
         check_prefer_resident(self.prefer_resident, self.batching)
         if self.slots is not None and (isinstance(self.slots, bool) or not isinstance(self.slots, int)):
             raise ServeError(f"slots={self.slots!r} must be an integer (device expert slots) or None")
+        if self.transition_stats is not None:
+            self.read_transition_stats()  # a missing or malformed file: an error naming it, before any work
+
+    def read_transition_stats(self):
+        """The ``transition_stats`` file's statistics (None when unset)."""
+        if self.transition_stats is None:
+            return None
+        from serve.sim.transition_stats import read_stats
+
+        return read_stats(self.transition_stats)
 
     def check_slots(self, num_experts: int) -> int:
         """C for a model of ``num_experts`` experts."""

@@ -88,11 +88,12 @@ class Engine:
                              "engine")
         config = dataclasses.replace(self.config, **changes)
         config.check_slots(self.num_experts)
-        self.config = config
         from serve.engine.build import policy_parts
 
-        self.scheduler, self.cache, self._next_use = policy_parts(self.config, self.num_experts, self.slots,
-                                                                  self.store)
+        # Built before anything is replaced: a bad setting leaves the engine as it was.
+        parts = policy_parts(config, self.num_experts, self.slots, self.store)
+        self.config = config
+        self.scheduler, self.cache, self._next_use = parts
         if self.store is not None:
             self.store.reset()
         self.iteration = 0

@@ -21,6 +21,9 @@ def register(sub) -> None:
                         "the next queue is chosen, so batches keep to the experts in the slots (default 0: the "
                         "paper's Algorithm 1)")
     p.add_argument("--prefetch", default="next", help="expert prefetch mode (default next)")
+    p.add_argument("--transition-stats", default=None, metavar="STATS.json",
+                   help="--cache-policy belady-expected: statistics its forecast starts from (readme-jax "
+                        "transition-stats); it keeps learning from the tokens served (default: from nothing)")
     p.add_argument("--max-seqs", type=int, default=16, help="requests generating at once (default 16)")
     p.add_argument("--max-waiting", type=int, default=64,
                    help="requests admitted but not yet running; beyond it 429 with Retry-After (default 64)")
@@ -73,7 +76,7 @@ def run_serve(args) -> int:
     config = ServerConfig(max_waiting=args.max_waiting, model_name=args.served_model_name)
     engine = Engine.load(args.model, slots=args.slots, cache_policy=args.cache_policy, batching=args.batching,
                          max_seqs=args.max_seqs, prefetch=args.prefetch, seed=args.seed,
-                         prefer_resident=args.prefer_resident)
+                         prefer_resident=args.prefer_resident, transition_stats=args.transition_stats)
     app = create_app(engine, config, source=args.model)
     return run(app, args.host, args.port, grace_s=args.grace_s, log_level=args.log_level)
 

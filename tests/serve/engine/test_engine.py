@@ -222,6 +222,34 @@ def test_bad_input_is_a_clear_error_before_any_work(lm, engines):
     assert not engine.has_work() and engine.iteration == 0
 
 
+def test_belady_expected_starts_from_a_statistics_file_and_refuses_a_bad_one(lm, engines, prompts, reference,
+                                                                              tmp_path):
+    from serve.core.next_use import estimate_transitions
+    from serve.engine import EngineConfig
+    from serve.sim.transition_stats import write_stats
+    from serve.sim.workload import WorkloadConfig, synthetic_workload
+
+    specs = synthetic_workload(WorkloadConfig(num_requests=20, num_experts=4, seed=1))
+    stats = estimate_transitions(specs, 4)
+    path = write_stats(tmp_path / "stats.json", stats)
+    engine = engines[2]
+    engine.reset(cache_policy="belady-expected", transition_stats=str(path))
+    assert engine._next_use.stats().counts == stats.counts  # it starts from the file
+    assert _checked_run(engine, prompts) == reference
+    assert engine._next_use.stats().tokens > stats.tokens  # and keeps learning
+    engine.reset(transition_stats=None)
+    other = write_stats(tmp_path / "three.json", estimate_transitions(synthetic_workload(
+        WorkloadConfig(num_requests=5, num_experts=3)), 3))
+    with pytest.raises(ServeError, match="three.json are for 3 experts, but the workload has 4"):
+        engine.reset(cache_policy="belady-expected", transition_stats=str(other))
+    assert engine.config.transition_stats is None  # a refused reset changes nothing
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ServeError, match="bad.json: not JSON"):
+        EngineConfig(transition_stats=str(tmp_path / "bad.json"))
+    with pytest.raises(ServeError, match="missing.json: cannot read"):
+        EngineConfig(transition_stats=str(tmp_path / "missing.json"))
+
+
 def test_engine_load_checks_settings_before_reading_the_model(tmp_path):
     from serve.engine import Engine
 
