@@ -35,19 +35,18 @@ class RecentExperts:
 
     def __init__(self, num_experts: int):
         self.num_experts = num_experts
-        self._windows = {}  # request key -> (deque of experts, counts per expert, {current: home} until a push)
+        self._windows = {}  # request key -> (deque of experts, counts per expert)
 
     def push(self, key, expert: int) -> list:
         """Add ``expert`` to the key's window; returns the window's counts per expert (read-only)."""
         window = self._windows.get(key)
         if window is None:
-            window = self._windows[key] = (collections.deque(), [0] * self.num_experts, {})
-        recent, counts, homes = window
+            window = self._windows[key] = (collections.deque(), [0] * self.num_experts)
+        recent, counts = window
         recent.append(expert)
         counts[expert] += 1
         if len(recent) > HOME_WINDOW:
             counts[recent.popleft()] -= 1
-        homes.clear()
         return counts
 
     def reset(self, key, experts) -> None:
@@ -66,13 +65,7 @@ class RecentExperts:
         """The most frequent expert of the window, the current one counting half a token more (it wins ties);
         other ties go to the lowest id. A request never seen: its current expert."""
         window = self._windows.get(key)
-        if window is None:
-            return current
-        homes = window[2]  # current -> home, until the next push (the lookahead asks again and again)
-        home = homes.get(current)
-        if home is None:
-            home = homes[current] = home_of(window[1], current)
-        return home
+        return current if window is None else home_of(window[1], current)
 
 
 def home_of(counts, current: int) -> int:
