@@ -70,11 +70,9 @@ class RecentExperts:
 
 def home_of(counts, current: int) -> int:
     """The home given a window's counts per expert and the current token's expert (module docstring)."""
-    best, score = current, counts[current] + 0.5
-    for expert, count in enumerate(counts):
-        if count > score:
-            best, score = expert, count
-    return best
+    top = max(counts)
+    # The current expert wins unless another has more; among those, the lowest id (index finds the first).
+    return counts.index(top) if top > counts[current] + 0.5 else current
 
 
 def window_home(experts, current: int, num_experts: int) -> int:

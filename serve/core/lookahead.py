@@ -185,9 +185,6 @@ class ExpectedLookahead(QueueLookahead):
             running[context] = running.get(context, 0) + 1
         pending = []
         contexts = []  # each pending item's forecast context (the rollout anchors it at its expert)
-        wanted = sum(1 for count in self._scheduler.pending_by_expert if count)
-        wanted_positions = len({e for e, count in enumerate(self._scheduler.pending_by_expert) if count}.union(
-            self._continuing))
         known_contexts = model.contexts
         limits = self._scheduler.config
         # The rollout ignores the starvation bound, so it is used only while no pending item becomes overdue
@@ -198,7 +195,7 @@ class ExpectedLookahead(QueueLookahead):
         overdue = 0
         order = self._scheduler.service_order(self._continuing)
         for rank, request in enumerate(itertools.islice(order, self._max_items)):
-            if rank >= WALK_ITEMS and len(first) == wanted and len(positions) == wanted_positions:
+            if rank >= WALK_ITEMS and self._every_expert_seen(first, positions):
                 break  # a long backlog: the rest runs after every expert's first use, beyond the rollout
             touched = request.work_experts
             if request.__class__ is ContinuingItem:
@@ -231,7 +228,7 @@ class ExpectedLookahead(QueueLookahead):
             found = memo.get(memo_key)
             if found is None:
                 item_steps = []
-                step, served, _ = expert_aware_rollout(pending, running, forecast.rows, forecast.go,
+                step, served = expert_aware_rollout(pending, running, forecast.rows, forecast.go,
                                                        limits.max_batch_tokens, limits.slot_limit, ROLLOUT_STEPS,
                                                        self._num_experts, item_steps)
                 found = (step, served, item_steps)
@@ -260,6 +257,12 @@ class ExpectedLookahead(QueueLookahead):
         self._groups = groups
         self._end = end
         self._far = end + (self._model.tokens_ahead + 1) * self._period
+
+
+    def _every_expert_seen(self, first: dict, positions: dict) -> bool:
+        """Whether the walk has met every expert with pending work, and every continuing one."""
+        pending = {e for e, count in enumerate(self._scheduler.pending_by_expert) if count}
+        return len(first) == len(pending) and len(positions) == len(pending.union(self._continuing))
 
 
 def _cut_batches(pending, budget: int, slots: int, num_experts: int):

@@ -15,7 +15,7 @@ is). The rollout follows the turns in expectation:
    expected, lowest id on ties) runs whole if it fits the tokens and slots left, else its longest fitting part
    (real items first), and the batch ends. Every item that runs comes back next step as forecasts spread by P.
 3. Recorded: the first step at which each expert's real work runs (``known``), the steps at which each queue
-   runs (``served``), and the (anchor, step) of every real item that runs (``anchors``).
+   runs (``served``), and, when asked, the step at which each real item runs (``item_steps``).
 4. Stop once every real item has run, or after ``max_steps`` steps.
 5. Real items left then run after the last step in the order the scheduler's service order gives them
    (queues largest first by expected size, FIFO inside, cut at the tokens and slots limits).
@@ -35,7 +35,7 @@ def expert_aware_rollout(pending, running, matrix, go: float, budget: int, slots
     ``running``: {anchor: requests of the running batch that may continue}; ``matrix``: the next token's
     distribution per anchor: the transition matrix P (anchors are experts), or ``Forecast.rows`` of
     ``serve.core.next_use`` (anchors are forecast contexts; its first ``num_experts`` rows are P, which the
-    items that ran come back with). Returns (known, served, anchors)."""
+    items that ran come back with). Returns (known, served); fills ``item_steps`` (a list) when given."""
     num_experts = len(matrix) if num_experts is None else num_experts
     experts = range(num_experts)
     # Equal neighbours in a queue (decodes: one token, anchored and touching the queue's own expert) form one
@@ -57,7 +57,7 @@ def expert_aware_rollout(pending, running, matrix, go: float, budget: int, slots
     for current, count in running.items():
         weight = count * go
         extra = [x + weight * chance for x, chance in zip(extra, matrix[current])]
-    known, anchors = {}, {}
+    known = {}
     served = [[] for _ in experts]
     for step in range(1, max_steps + 1):
         back = {}  # anchor -> items that ran at this step (a forecast item: its queue's expert, row P)
@@ -88,8 +88,6 @@ def expert_aware_rollout(pending, running, matrix, go: float, budget: int, slots
                 for expert in touched:
                     if expert not in known:
                         known[expert] = step
-                key = (anchor, step)
-                anchors[key] = anchors.get(key, 0) + take
                 back[anchor] = back.get(anchor, 0.0) + take
                 if item_steps is not None:
                     done = len(numbers) - count  # numbers of this run that ran at earlier steps
@@ -110,19 +108,19 @@ def expert_aware_rollout(pending, running, matrix, go: float, budget: int, slots
             weight = count * go
             extra = [x + weight * chance for x, chance in zip(extra, matrix[anchor])]
         if not real_left:
-            return known, served, anchors
-    _cut_rest(real, real_tokens, extra, budget, slots, max_steps + 1, known, served, anchors, item_steps)
-    return known, served, anchors
+            return known, served
+    _cut_rest(real, real_tokens, extra, budget, slots, max_steps + 1, known, served, item_steps)
+    return known, served
 
 
-def _cut_rest(real, real_tokens, extra, budget: int, slots: int, step: int, known, served, anchors,
+def _cut_rest(real, real_tokens, extra, budget: int, slots: int, step: int, known, served,
               item_steps=None) -> None:
     """Step 5: the real items left after the last step, queues largest first (expected sizes), each cut into
     batches at the tokens and slots limits from ``step`` on, as the scheduler's service order would run them."""
     order = sorted(range(len(real)), key=lambda e: -(real_tokens[e] + extra[e]))
     tokens_left, slots_left = budget, slots
     for queue in order:
-        for count, tokens, anchor, touched, numbers in real[queue]:
+        for count, tokens, _, touched, numbers in real[queue]:
             for number in numbers[len(numbers) - count:]:
                 if tokens > tokens_left or slots_left < 1:
                     step += 1
@@ -134,7 +132,5 @@ def _cut_rest(real, real_tokens, extra, budget: int, slots: int, step: int, know
                 for expert in touched:
                     if expert not in known:
                         known[expert] = step
-                key = (anchor, step)
-                anchors[key] = anchors.get(key, 0) + 1
                 if item_steps is not None:
                     item_steps[number] = step

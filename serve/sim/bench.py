@@ -215,7 +215,9 @@ def format_cache_table(result: dict) -> str:
     for the memory-limited regime the hit ratio of each policy serving with the cache in the loop."""
     rows = result["rows"]
     columns = list(rows[0]["policies"]) if rows else []
-    width = max([len(c) for c in columns] + [8]) + 2
+    # Every block shares one width, wide enough for the in-loop columns too (belady-expected has no replay).
+    names = columns + [c for row in rows[:1] for c in row.get("closed_loop", {})]
+    width = max([len(c) for c in names] + [8]) + 2
     head = "capacity".ljust(10) + "".join(c.rjust(width) for c in columns)
     memory_limited = result.get("regime") == "memory-limited"
     if memory_limited:

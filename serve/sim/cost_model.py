@@ -111,12 +111,15 @@ class CostModel:
         link_free = max(link_ready_s, 0.0)
         compute_end = 0.0
         prev_start = 0.0  # start of the previous layer's compute (layer-ahead loads may begin then)
+        # The conditionals pick what max() would (the first of equals): this loop runs per simulated iteration.
         for missing in missing_per_layer:
             start = compute_end
             if missing:
-                load_start = max(link_free, prev_start if pipelined else compute_end)
+                earliest = prev_start if pipelined else compute_end
+                load_start = earliest if earliest > link_free else link_free
                 link_free = load_start + missing * slice_s
-                start = max(start, link_free)
+                if link_free > start:
+                    start = link_free
             prev_start = start
             compute_end = start + layer_s
         return compute_end, link_free

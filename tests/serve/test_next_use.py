@@ -201,6 +201,8 @@ def test_bench_cache_reports_expected_in_the_loop_with_the_gap_closed():
     assert set(row["loop_seconds"]) == set(row["closed_loop"]) and min(row["loop_seconds"].values()) > 0
     table = bench.format_cache_table(result)
     assert "gap closed in the loop" in table and "seconds per simulation in the loop" in table
+    in_loop = table.split("serving in the loop")[1].splitlines()[1]
+    assert in_loop.split() == ["capacity", "lru", "belady", EXPECTED]  # every column apart, the widest too
     with pytest.raises(ServeError, match="in the loop only"):
         bench.run_cache_bench(specs, E, SchedulerConfig(), cost, [2], policies, regime="resident")
 
@@ -248,7 +250,7 @@ def test_rollout_without_continuation_is_the_schedulers_own_batching(seed, budge
     pending = [(r.queue_expert, r.work_tokens, r.spec.prompt_experts[-1], r.work_experts)
                for r in scheduler.service_order()]
     identity = [[1.0 if a == b else 0.0 for b in range(E)] for a in range(E)]
-    known, served, _ = expert_aware_rollout(pending, {}, identity, 0.0, budget, scheduler.config.slot_limit, 50)
+    known, served = expert_aware_rollout(pending, {}, identity, 0.0, budget, scheduler.config.slot_limit, 50)
     first = {}
     for iteration in range(1, 51):
         for request in scheduler.next_batch(iteration).requests:
