@@ -1,6 +1,6 @@
 """Expert-transition statistics files for ``belady-expected``: write from a trace slice, read back strictly.
 
-A statistics file is one JSON object (``serve.core.next_use.TransitionStats.to_json``)::
+A statistics file is one JSON object (``serve.core.transitions.TransitionStats.to_json``)::
 
     {"format": "readme-jax-transition-stats", "version": 2, "num_experts": 6,
      "counts": [[...], ...], "tokens": 1888512, "finishes": 10000,
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from readme_jax import atomic
-from serve.core.next_use import TransitionStats, estimate_transitions, stats_from_json
+from serve.core.transitions import TransitionStats, estimate_transitions, stats_from_json
 from serve.core.types import ServeError
 from serve.sim.trace import read_trace
 

@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 from readme_jax.cli import main
 from serve.core.cache_policies import EXPECTED, make_policy
 from serve.core.expert_cache import CacheConfig, ExpertCache
-from serve.core.next_use import (
-    Forecast,
-    NextUseConfig,
-    TransitionStats,
-    estimate_transitions,
-    expected_first_use,
-    stats_from_json,
-)
+from serve.core.next_use import Forecast, NextUseConfig, expected_first_use
+from serve.core.transitions import TransitionStats, estimate_transitions, stats_from_json
 from serve.core.scheduler import SchedulerConfig
 from serve.core.types import ServeError
 from serve.sim import bench

@@ -11,15 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serve.core.home import HOME_WINDOW, RecentExperts, count_transitions, home_of, window_home
-from serve.core.next_use import (
-    HOME_PRIOR,
-    Forecast,
-    NextUseConfig,
-    TransitionModel,
-    TransitionStats,
-    estimate_transitions,
-    stats_from_json,
-)
+from serve.core.next_use import Forecast, NextUseConfig, TransitionModel
+from serve.core.transitions import HOME_PRIOR, TransitionStats, estimate_transitions, stats_from_json
 from serve.core.types import ServeError
 from serve.sim.transition_stats import read_stats, write_stats
 from serve.sim.workload import WorkloadConfig, synthetic_workload

@@ -224,7 +224,7 @@ def test_bad_input_is_a_clear_error_before_any_work(lm, engines):
 
 def test_belady_expected_starts_from_a_statistics_file_and_refuses_a_bad_one(lm, engines, prompts, reference,
                                                                               tmp_path):
-    from serve.core.next_use import estimate_transitions
+    from serve.core.transitions import estimate_transitions
     from serve.engine import EngineConfig
     from serve.sim.transition_stats import write_stats
     from serve.sim.workload import WorkloadConfig, synthetic_workload
