@@ -229,8 +229,8 @@ class ExpectedLookahead(QueueLookahead):
             if found is None:
                 item_steps = []
                 step, served = expert_aware_rollout(pending, running, forecast.rows, forecast.go,
-                                                       limits.max_batch_tokens, limits.slot_limit, ROLLOUT_STEPS,
-                                                       self._num_experts, item_steps)
+                                                    limits.max_batch_tokens, limits.slot_limit, ROLLOUT_STEPS,
+                                                    self._num_experts, item_steps)
                 found = (step, served, item_steps)
                 if len(memo) >= ROLLOUT_MEMO:
                     memo.clear()
@@ -257,7 +257,6 @@ class ExpectedLookahead(QueueLookahead):
         self._groups = groups
         self._end = end
         self._far = end + (self._model.tokens_ahead + 1) * self._period
-
 
     def _every_expert_seen(self, first: dict, positions: dict) -> bool:
         """Whether the walk has met every expert with pending work, and every continuing one."""

@@ -21,7 +21,7 @@ HOME_PRIOR = 16.0  # pseudo-counts of P[c] in a home-conditioned row: rare (home
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TransitionStats:
-    """Counts behind a forecast (step 1 of the module docstring).
+    """Counts behind a forecast (step 1 of ``serve.core.next_use``).
 
     Attributes:
       num_experts: E.
