@@ -2,7 +2,8 @@
 
 Nothing is recomputed and no number is typed in: every table comes from the files the pipeline commands
 wrote (``train/summary.json``, ``train_pruned/summary.json``, ``eval/eval.json``, ``eval/downstream.json``,
-``analysis/analysis.json``) and every figure is a PNG they saved. A missing output is named in the report,
+``analysis/analysis.json``, and ``serving/engine.json`` when ``bench-engine --save`` wrote it there) and every
+figure is a PNG they saved. A missing output is named in the report,
 with the command that makes it, instead of failing the whole page.
 """
 
@@ -182,6 +183,32 @@ def _analysis(page, workdir):
         page.image(png, workdir, png.stem)
 
 
+def _serving(page, workdir):
+    page.heading("Serving")
+    path = workdir / "serving" / "engine.json"
+    result = _load(path)
+    if result is None:
+        return _missing(page, "serving benchmark", f"readme-jax bench-engine --model {workdir}/moe_trained "
+                        f"--save {path}")
+    try:
+        rows = [[row["slots"], row["batching"], row["cache"], row.get("prefetch", "-"),
+                 f"{100 * row['stats']['hit_ratio']:.1f}", row["stats"]["loads"],
+                 f"{row['stats']['bytes_moved'] / 1e9:.1f}", f"{row['summary']['unique_experts_per_batch']:.2f}",
+                 f"{1e3 * row['summary']['normalized_latency_s']['p50']:.0f}",
+                 f"{1e3 * row['summary']['normalized_latency_s']['p95']:.0f}",
+                 f"{row['summary']['throughput_tokens_per_s']:.1f}"] for row in result["rows"]]
+        setting = (f"{result['model']}: {result['requests']} requests x {result['max_new_tokens']} new tokens, "
+                   + (f"{result['concurrency']} closed-loop clients" if result.get("concurrency") else "open loop")
+                   + f"; {result['device']}, jax {result['jax']}.")
+    except (KeyError, TypeError) as exc:
+        raise ReadmeJaxError(f"{path}: not a bench-engine result (missing {exc})") from None
+    page.text(f"The real engine with C device expert slots (`readme-jax bench-engine`), {setting}")
+    page.table(["C", "batching", "cache", "prefetch", "hit %", "loads", "GB moved", "experts / batch",
+                "norm. p50 ms", "norm. p95 ms", "tok/s"], rows)
+    if result.get("plot") and Path(result["plot"]).is_file():
+        page.image(Path(result["plot"]), workdir, "engine runs")
+
+
 def _f(x, digits=4):
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -196,7 +223,7 @@ def write_report(workdir) -> tuple[Path, Path]:
     if not workdir.is_dir():
         raise ReadmeJaxError(f"{workdir}: no such work folder")
     page = Page(f"readme-jax report: {workdir}")
-    for section in (_training, _eval, _downstream, _analysis):
+    for section in (_training, _eval, _downstream, _analysis, _serving):
         section(page, workdir)
     md, page_html = workdir / "report.md", workdir / "report.html"
     atomic.write_text(md, page.markdown())

@@ -72,3 +72,29 @@ def test_the_chat_agreement_is_shown_when_eval_measured_it(workdir):
     assert "4 chat-formatted prompts" in md and "64 in all" in md
     assert "| dense |  |  |  | 2.50 |" in md
     assert "| moe_router | 62.5 | 0.750 | 2.5 | 5.00 |" in md and "| pruned_tuned | 37.5 |" in md
+
+
+def _engine_row(slots, cache, hit_ratio):
+    """One run as ``bench-engine --save`` writes it (the fields the report reads)."""
+    latency = {"mean": 0.4, "p50": 0.35, "p95": 0.625, "p99": 0.75}
+    return {"slots": slots, "batching": "expert-aware", "cache": cache, "prefetch": "none",
+            "stats": {"hit_ratio": hit_ratio, "loads": 462, "bytes_moved": 40_000_000_000},
+            "summary": {"unique_experts_per_batch": 1.0, "normalized_latency_s": latency,
+                        "throughput_tokens_per_s": 38.75}}
+
+
+def test_the_serving_table_comes_from_bench_engines_saved_result(workdir):
+    md = write_report(workdir)[0].read_text()
+    assert "No serving benchmark" in md and f"--save {workdir}/serving/engine.json" in md
+    result = {"model": "out/demo/moe_trained", "requests": 32, "max_new_tokens": 96, "concurrency": 16,
+              "device": "cpu cpu", "jax": "0.10.2", "plot": None,
+              "rows": [_engine_row(2, "belady-expected", 0.583), _engine_row(3, "lru", 0.673)]}
+    _write(workdir / "serving" / "engine.json", result)
+    md = write_report(workdir)[0].read_text()
+    assert "32 requests x 96 new tokens, 16 closed-loop clients; cpu cpu, jax 0.10.2." in md
+    assert "| 2 | expert-aware | belady-expected | none | 58.3 | 462 | 40.0 | 1.00 | 350 | 625 | 38.8 |" in md
+    assert "| 3 | expert-aware | lru |" in md and "No serving benchmark" not in md
+    del result["rows"][1]["summary"]
+    _write(workdir / "serving" / "engine.json", result)
+    with pytest.raises(ReadmeJaxError, match="engine.json: not a bench-engine result"):
+        write_report(workdir)
