@@ -1,6 +1,7 @@
 """``readme-jax bench-engine``: the real engine on a workload, one row per (capacity, batching, cache)."""
 
 import json
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -53,6 +54,13 @@ def run_bench_engine(args) -> int:
     for name in ("requests", "max_new_tokens", "max_seqs"):
         if getattr(args, name) < 1:
             raise ReadmeJaxError(f"--{name.replace('_', '-')} must be >= 1")
+    for option in ("save", "plot"):  # the outputs' folders, made (or refused) before minutes of runs
+        if getattr(args, option):
+            folder = Path(getattr(args, option)).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ReadmeJaxError(f"--{option} {getattr(args, option)}: cannot create {folder} ({exc})") from None
     concurrency = args.concurrency or None
     rows, workload = [], None
     for c in slots:
