@@ -3,8 +3,8 @@
 Nothing is recomputed and no number is typed in: every table comes from the files the pipeline commands
 wrote (``train/summary.json``, ``train_pruned/summary.json``, ``eval/eval.json``, ``eval/downstream.json``,
 ``analysis/analysis.json``, and ``serving/engine.json`` when ``bench-engine --save`` wrote it there) and every
-figure is a PNG they saved. A missing output is named in the report,
-with the command that makes it, instead of failing the whole page.
+figure is a PNG they saved. A missing output is named in the report, with the command that makes it, instead
+of failing the whole page. (A plot path saved relative to another working folder is left out.)
 """
 
 import html
